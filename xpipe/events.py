@@ -1,0 +1,130 @@
+"""The CloudEvents XPipe sends and receives: type names, extension attributes and payload models.
+
+Payloads are strict pydantic models with camelCase JSON keys, so a Magento developer reads the same
+names in the docs, on the wire and in the journal. Unknown keys are refused: a typo in a field name is
+a 400, not a silently ignored parameter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+# Event types (CloudEvents `type` attribute).
+PIPELINE_SUBMIT = "com.xpipe.pipeline.submit"
+JOB_REGISTERED = "com.xpipe.job.registered"
+STEP_RUN = "com.xpipe.step.run"
+STEP_HEARTBEAT = "com.xpipe.step.heartbeat"
+STEP_FINISHED = "com.xpipe.step.finished"
+JOB_ROLLBACK_REQUESTED = "com.xpipe.job.rollback.requested"
+JOB_DIAGNOSTIC_REQUESTED = "com.xpipe.job.diagnostic.requested"
+JOB_FINISHED = "com.xpipe.job.finished"
+PING = "dev.knative.sources.ping"
+APISERVER_PREFIX = "dev.knative.apiserver.resource."
+
+# Extension attributes carried by every xpipe event so that Triggers can route on them
+# (Trigger filters cannot look into `data`).
+EXT_JOB = "xpipejob"
+EXT_STEP = "xpipestep"
+
+# Extensions the Knative broker adds to a dead letter.
+EXT_ERROR_DEST = "knativeerrordest"
+EXT_ERROR_CODE = "knativeerrorcode"
+EXT_ERROR_DATA = "knativeerrordata"
+
+ParamValue = str | int | float | bool
+StepOutcome = Literal["succeeded", "failed", "cancelled", "timed-out"]
+
+# The last bytes of a step's output kept in `step.finished` (enough for a failing test's tail).
+SUMMARY_MAX_BYTES = 4096
+
+
+class EventData(BaseModel):
+    """Base for payloads: camelCase on the wire, snake_case in Python, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The payload as it goes on the wire (camelCase keys, JSON types)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class PipelineSubmit(EventData):
+    """`com.xpipe.pipeline.submit`: run a template with these parameters."""
+
+    template: str = Field(min_length=1, max_length=128)
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    requested_by: str = Field(min_length=1, max_length=256)
+
+
+class JobRegistered(EventData):
+    """`com.xpipe.job.registered`: submit's reply once the job is durably in the journal."""
+
+    job_id: str
+    state: str
+    journal_seq: int
+
+
+class StepRun(EventData):
+    """`com.xpipe.step.run`: run one attempt of one step; params become the command's environment."""
+
+    job_id: str
+    step: str
+    attempt: int = Field(ge=1)
+    params: dict[str, str] = Field(default_factory=dict)
+    deadline: datetime | None = None
+
+
+class StepHeartbeat(EventData):
+    """`com.xpipe.step.heartbeat`: the attempt is alive on this pod (pods are reused across jobs)."""
+
+    job_id: str
+    step: str
+    attempt: int = Field(ge=1)
+    pod: str
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    details: dict[str, Any] | None = None
+
+
+class StepFinished(EventData):
+    """`com.xpipe.step.finished`: the step runtime's reply when the command has ended."""
+
+    job_id: str
+    step: str
+    attempt: int = Field(ge=1)
+    outcome: StepOutcome
+    exit_code: int | None = None
+    duration_seconds: float | None = Field(default=None, ge=0.0)
+    summary: str = Field(default="", max_length=SUMMARY_MAX_BYTES)
+    pod: str | None = None
+
+
+class JobRollbackRequested(EventData):
+    """`com.xpipe.job.rollback.requested`: the journal decided to roll the job back."""
+
+    job_id: str
+    reason: str
+    directive: dict[str, Any] | None = None
+
+
+class JobDiagnosticRequested(EventData):
+    """`com.xpipe.job.diagnostic.requested`: the journal wants a diagnostic report for the job."""
+
+    job_id: str
+    reason: str
+    directive: dict[str, Any] | None = None
+
+
+class JobFinished(EventData):
+    """`com.xpipe.job.finished`: the job reached a terminal state (for webhooks and Magento)."""
+
+    job_id: str
+    outcome: str
