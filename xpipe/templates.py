@@ -1,0 +1,441 @@
+"""Pipeline templates: the YAML schema, the catalog, parameter validation and job resolution.
+
+A template is what a shop admin picks in Magento: named steps, each one command (an argv, never a shell
+string) run as a scale-to-zero step service, plus what to do when a step fails for good. The catalog is
+read once, at start-up, from ``XPIPE_TEMPLATES_DIR`` (a ConfigMap in the cluster; the built-in demo
+templates by default) and validated completely then: a broken catalog stops the function from starting
+with a message naming the file and the field, instead of failing the first submit that touches it.
+
+Resolving a template with a submit's params yields the *plan* that submit stores in ``JOB_REGISTERED``
+(so the journal decides without the catalog) and the step service specs the backend ensures. Params
+reach a step only through ``{{ params.NAME }}`` placeholders in argv elements and env values, which the
+step runtime substitutes element by element: a value such as ``; rm -rf /`` stays one literal argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from xpipe.backends.base import DEFAULT_HEARTBEAT_SECONDS, StepServiceSpec, step_service_name
+from xpipe.errors import CatalogError, InvalidParams, UnknownTemplate
+from xpipe.params import format_value, placeholders
+
+BUILTIN_TEMPLATES_DIR = Path(__file__).with_name("templates")
+
+# Knative Service names end up in revision and deployment names ("<svc>-00001-deployment-<hash>"),
+# which must stay within 63 characters; 49 leaves room for those suffixes.
+SERVICE_NAME_MAX = 49
+SERVICE_HASH_CHARS = 6
+TEMPLATE_FILE_MAX_BYTES = 256 * 1024
+PARAM_VALUE_MAX_CHARS = 1024
+# Tells a step's own service from its compensation's (both share template and step labels).
+ROLE_LABEL = "xpipe.io/role"
+
+DNS_LABEL = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"
+PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+ParamType = Literal["string", "integer", "number", "boolean"]
+OnFailure = Literal["rollback", "diagnose", "rollback-and-diagnose", "none"]
+
+
+class TemplateModel(BaseModel):
+    """Base for the YAML schema: camelCase keys as written in the files, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
+    )
+
+
+class ParamSpec(TemplateModel):
+    """One parameter a submit may (or must) give."""
+
+    type: ParamType = "string"
+    description: str = ""
+    required: bool = False
+    default: str | int | float | bool | None = None
+    pattern: str | None = None
+    max_length: int = Field(default=PARAM_VALUE_MAX_CHARS, ge=1, le=PARAM_VALUE_MAX_CHARS)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.pattern is not None and self.type != "string":
+            raise ValueError("pattern applies to string params only")
+        if self.required and self.default is not None:
+            raise ValueError("a required param cannot have a default")
+        if self.default is not None:
+            problem = _type_problem(self, self.default)
+            if problem:
+                raise ValueError(f"default {self.default!r}: {problem}")
+        return self
+
+
+class BackoffSpec(TemplateModel):
+    """Wait ``seconds * factor**(attempt-1)`` before a retry."""
+
+    seconds: float = Field(default=1.0, ge=0, le=3600)
+    factor: float = Field(default=2.0, ge=1, le=10)
+
+
+class HealthSpec(TemplateModel):
+    """How much bad pod health an attempt tolerates before the journal fails it."""
+
+    not_ready_seconds: int = Field(default=60, ge=1, le=3600)
+    max_restarts: int = Field(default=3, ge=0, le=100)
+
+
+class CompensateSpec(TemplateModel):
+    """The command that undoes a succeeded step during a rollback (run as its own step service)."""
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: int = Field(default=300, ge=1)
+    image: str | None = None
+
+
+class RevertSpec(TemplateModel):
+    """A Knative Service whose traffic is pinned back to its previous ready revision on rollback."""
+
+    kind: Literal["knative-traffic"]
+    service: str = Field(pattern=DNS_LABEL, max_length=63)
+    namespace: str = Field(pattern=DNS_LABEL, max_length=63)
+
+
+class StepSpec(TemplateModel):
+    """One step: a command run by the step runtime in its own scale-to-zero service."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    image: str | None = None
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: int = Field(default=300, ge=1)
+    retries: int = Field(default=0, ge=0, le=10)
+    backoff: BackoffSpec = Field(default_factory=BackoffSpec)
+    heartbeat_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    compensate: CompensateSpec | None = None
+    revert: RevertSpec | None = None
+
+
+class Template(TemplateModel):
+    """A pipeline template as written in one YAML file of the catalog."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    description: str = ""
+    on_failure: OnFailure = "rollback"
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    steps: list[StepSpec] = Field(min_length=1, max_length=32)
+
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, value: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name in value:
+            if not re.match(PARAM_NAME, name):
+                raise ValueError(f"param name {name!r} must match {PARAM_NAME}")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_steps(cls, value: list[StepSpec]) -> list[StepSpec]:
+        seen: set[str] = set()
+        for step in value:
+            if step.name in seen:
+                raise ValueError(f"step name {step.name!r} appears twice")
+            seen.add(step.name)
+        return value
+
+    @property
+    def digest(self) -> str:
+        """A stable digest of the parsed template: identifies the template version a job ran."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    """A template resolved with a submit's params: the plan for the journal and the services to ensure."""
+
+    plan: dict[str, Any]
+    services: tuple[StepServiceSpec, ...]
+
+
+def service_name(template: str, step: str, *, compensation: bool = False) -> str:
+    """The deterministic DNS-1035 name (<= 49 chars) of a step's service, or of its compensation's.
+
+    The backend's ``step_service_name`` does the naming; a compensation is the pseudo-step
+    ``<step>-undo``. The catalog refuses, at start-up, the rare names that collide across templates.
+    """
+    return step_service_name(template, f"{step}-undo" if compensation else step)
+
+
+def heartbeat_interval(heartbeat_timeout_seconds: int) -> float:
+    """How often the runtime heart-beats: at least three beats fit in the lease, at most every 10 s."""
+    return min(DEFAULT_HEARTBEAT_SECONDS, heartbeat_timeout_seconds / 3)
+
+
+def _type_problem(spec: ParamSpec, value: object) -> str | None:
+    """Why ``value`` does not fit ``spec`` (JSON types are strict: "3" is not an integer), or None."""
+    if spec.type == "string":
+        if not isinstance(value, str):
+            return f"must be a string, got {type(value).__name__}"
+        if len(value) > spec.max_length:
+            return f"longer than {spec.max_length} characters"
+        if "\x00" in value:
+            return "contains a NUL character"
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            return f"does not match pattern {spec.pattern!r}"
+        return None
+    if spec.type == "boolean":
+        return None if isinstance(value, bool) else f"must be a boolean, got {type(value).__name__}"
+    if isinstance(value, bool):
+        return f"must be {'an integer' if spec.type == 'integer' else 'a number'}, got bool"
+    if spec.type == "integer":
+        return None if isinstance(value, int) else f"must be an integer, got {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):  # NaN or inf has no place in argv
+        return "must be a finite number"
+    return None if isinstance(value, int | float) else f"must be a number, got {type(value).__name__}"
+
+
+def validate_params(template: Template, params: Mapping[str, object]) -> dict[str, str]:
+    """Check a submit's params against the template; return every declared param as a string.
+
+    Raises ``InvalidParams`` naming the first offending param: unknown, missing or mistyped.
+    """
+    for name in params:
+        if name not in template.params:
+            raise InvalidParams(name, f"not a param of template {template.name!r}")
+    resolved: dict[str, str] = {}
+    for name, spec in template.params.items():
+        if name not in params:
+            if spec.required:
+                raise InvalidParams(name, "required")
+            resolved[name] = "" if spec.default is None else format_value(spec.default)
+            continue
+        value = params[name]
+        problem = _type_problem(spec, value)
+        if problem:
+            raise InvalidParams(name, problem)
+        assert isinstance(value, str | int | float | bool)
+        resolved[name] = format_value(value)
+    return resolved
+
+
+def resolve(
+    template: Template, params: Mapping[str, object], *, requested_by: str, default_image: str
+) -> ResolvedJob:
+    """Validate ``params`` and produce the ``JOB_REGISTERED`` plan and the step services to ensure."""
+    values = validate_params(template, params)
+    digest = template.digest
+    steps: list[dict[str, Any]] = []
+    services: list[StepServiceSpec] = []
+    for step in template.steps:
+        name = service_name(template.name, step.name)
+        services.append(
+            StepServiceSpec(
+                name=name,
+                template=template.name,
+                step=step.name,
+                image=step.image or default_image,
+                argv=tuple(step.argv),
+                env=dict(step.env),
+                timeout_seconds=step.timeout_seconds,
+                template_digest=digest,
+                heartbeat_seconds=heartbeat_interval(step.heartbeat_timeout_seconds),
+                labels={ROLE_LABEL: "step"},
+            )
+        )
+        compensate: dict[str, Any] | None = None
+        if step.compensate is not None:
+            undo = service_name(template.name, step.name, compensation=True)
+            services.append(
+                StepServiceSpec(
+                    name=undo,
+                    template=template.name,
+                    step=step.name,
+                    image=step.compensate.image or step.image or default_image,
+                    argv=tuple(step.compensate.argv),
+                    env=dict(step.compensate.env),
+                    timeout_seconds=step.compensate.timeout_seconds,
+                    template_digest=digest,
+                    heartbeat_seconds=heartbeat_interval(step.heartbeat_timeout_seconds),
+                    labels={ROLE_LABEL: "compensate"},
+                )
+            )
+            compensate = {"service": undo, "timeoutSeconds": step.compensate.timeout_seconds}
+        steps.append(
+            {
+                "name": step.name,
+                "service": name,
+                "timeoutSeconds": step.timeout_seconds,
+                "retries": step.retries,
+                "backoffSeconds": step.backoff.seconds,
+                "backoffFactor": step.backoff.factor,
+                "heartbeatTimeoutSeconds": step.heartbeat_timeout_seconds,
+                "health": {
+                    "notReadySeconds": step.health.not_ready_seconds,
+                    "maxRestarts": step.health.max_restarts,
+                },
+                "compensate": compensate,
+                "revert": step.revert.model_dump(mode="json", by_alias=True) if step.revert else None,
+            }
+        )
+    plan = {
+        "template": template.name,
+        "templateDigest": digest,
+        "params": values,
+        "requestedBy": requested_by,
+        "onFailure": template.on_failure,
+        "steps": steps,
+    }
+    return ResolvedJob(plan=plan, services=tuple(services))
+
+
+def _field_path(loc: Iterable[int | str]) -> str:
+    """``("steps", 1, "timeoutSeconds")`` -> ``steps[1].timeoutSeconds``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class Catalog:
+    """The templates a submit may name, loaded and validated as a whole at start-up."""
+
+    def __init__(self, templates: Mapping[str, Template]) -> None:
+        self._templates = dict(templates)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._templates
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def names(self) -> list[str]:
+        """The template names, sorted."""
+        return sorted(self._templates)
+
+    def get(self, name: str) -> Template:
+        """The template called ``name``; ``UnknownTemplate`` (a 422) if there is none."""
+        try:
+            return self._templates[name]
+        except KeyError:
+            raise UnknownTemplate(name) from None
+
+    @classmethod
+    def load(cls, directory: Path, *, max_revision_timeout_seconds: int) -> Catalog:
+        """Read and validate every ``*.yaml``/``*.yml`` file of ``directory``; ``CatalogError`` if any is bad.
+
+        Besides the schema this checks what only the whole catalog or the cluster reveals: duplicate
+        template names, step service names that collide across templates, placeholders naming
+        undeclared params, and step time-outs above the cluster's revision time-out.
+        """
+        if not directory.is_dir():
+            raise CatalogError(str(directory), "", "templates directory does not exist")
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise CatalogError(str(directory), "", "no template files (*.yaml) found")
+        templates: dict[str, Template] = {}
+        origin: dict[str, Path] = {}
+        services: dict[str, str] = {}
+        for path in files:
+            template = _load_file(path, max_revision_timeout_seconds)
+            if template.name in templates:
+                raise CatalogError(
+                    str(path),
+                    "name",
+                    f"template {template.name!r} is also defined in {origin[template.name]}",
+                )
+            for index, step in enumerate(template.steps):
+                names = [service_name(template.name, step.name)]
+                if step.compensate is not None:
+                    names.append(service_name(template.name, step.name, compensation=True))
+                for svc in names:
+                    owner = f"{template.name}/{step.name}"
+                    if svc in services:
+                        raise CatalogError(
+                            str(path),
+                            f"steps[{index}].name",
+                            f"step service name {svc!r} collides with {services[svc]}",
+                        )
+                    services[svc] = owner
+            templates[template.name] = template
+            origin[template.name] = path
+        return cls(templates)
+
+
+def _load_file(path: Path, max_revision_timeout_seconds: int) -> Template:
+    """Parse and check one template file; every error names ``path`` and the offending field."""
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(where, "", f"cannot read: {exc.strerror}") from None
+    if len(raw) > TEMPLATE_FILE_MAX_BYTES:
+        raise CatalogError(where, "", f"larger than {TEMPLATE_FILE_MAX_BYTES} bytes")
+    try:
+        document = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise CatalogError(where, "", f"not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise CatalogError(where, "", "a template file must hold one mapping")
+    try:
+        template = Template.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CatalogError(where, _field_path(first["loc"]), first["msg"]) from None
+    for index, step in enumerate(template.steps):
+        commands: list[tuple[str, list[str], dict[str, str], int]] = [
+            (f"steps[{index}]", step.argv, step.env, step.timeout_seconds)
+        ]
+        if step.compensate is not None:
+            commands.append(
+                (
+                    f"steps[{index}].compensate",
+                    step.compensate.argv,
+                    step.compensate.env,
+                    step.compensate.timeout_seconds,
+                )
+            )
+        for prefix, argv, env, timeout in commands:
+            if timeout > max_revision_timeout_seconds:
+                raise CatalogError(
+                    where,
+                    f"{prefix}.timeoutSeconds",
+                    f"{timeout} s exceeds the cluster's max-revision-timeout-seconds "
+                    f"({max_revision_timeout_seconds} s; XPIPE_MAX_REVISION_TIMEOUT_SECONDS)",
+                )
+            for key in env:
+                if not re.match(ENV_NAME, key):
+                    raise CatalogError(where, f"{prefix}.env.{key}", "not a valid environment variable name")
+            fields = [(f"{prefix}.argv[{i}]", arg) for i, arg in enumerate(argv)]
+            fields += [(f"{prefix}.env.{key}", value) for key, value in env.items()]
+            for field, text in fields:
+                try:
+                    named = placeholders(text)
+                except ValueError as exc:
+                    raise CatalogError(where, field, str(exc)) from None
+                for param in named:
+                    if param not in template.params:
+                        raise CatalogError(where, field, f"placeholder names undeclared param {param!r}")
+    return template
