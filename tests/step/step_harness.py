@@ -1,0 +1,154 @@
+"""Test harness for the step runtime: a real `xpipe-step` process and a real HTTP sink for its events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cloudevents.http import CloudEvent, from_http
+
+STEP_PROGRAM = str(Path(__file__).with_name("step_program.py"))
+PROGRAM_ARGV = [sys.executable, STEP_PROGRAM, "{{ params.action }}", "{{ params.arg }}", "{{ params.out }}"]
+OVERRIDES = '{"extensions": {"xpipecluster": "test-cluster"}}'
+
+
+class EventSink:
+    """An HTTP receiver standing in for K_SINK: records every CloudEvent posted to it."""
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+        self._changed = threading.Condition()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                event = from_http(dict(self.headers.items()), body)
+                with sink._changed:
+                    sink.events.append(event)
+                    sink._changed.notify_all()
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1})
+        self._thread.start()
+
+    def matching(self, predicate: Callable[[CloudEvent], bool]) -> list[CloudEvent]:
+        with self._changed:
+            return [event for event in self.events if predicate(event)]
+
+    def wait_for(
+        self, predicate: Callable[[CloudEvent], bool], count: int = 1, timeout: float = 10.0
+    ) -> list[CloudEvent]:
+        """The matching events once there are at least `count` of them; fails after `timeout` seconds."""
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: sum(1 for event in self.events if predicate(event)) >= count, timeout
+            )
+            found = [event for event in self.events if predicate(event)]
+        assert ok, f"expected {count} matching events within {timeout}s, got {len(found)}"
+        return found
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def heartbeats_of(job_id: str) -> Callable[[CloudEvent], bool]:
+    return lambda event: event["type"] == "com.xpipe.step.heartbeat" and event.get_data()["jobId"] == job_id
+
+
+@dataclass
+class RuntimeProcess:
+    """A running `xpipe-step` process and a client to send it step.run events."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
+
+    def post_run(
+        self, job_id: str, params: dict[str, str], attempt: int = 1, deadline: str | None = None
+    ) -> httpx.Response:
+        data: dict[str, Any] = {"jobId": job_id, "step": "build", "attempt": attempt, "params": params}
+        if deadline is not None:
+            data["deadline"] = deadline
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-type": "com.xpipe.step.run",
+            "ce-source": "/test",
+            "ce-id": str(uuid.uuid4()),
+            "ce-xpipejob": job_id,
+            "ce-xpipestep": "demo-build",
+        }
+        return self.client.post(self.url, headers=headers, json=data)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.client.close()
+        return self.process.returncode
+
+
+def start_runtime(sink_url: str, *options: str, argv: list[str] | None = None) -> RuntimeProcess:
+    """Start `python -m xpipe.step` on a socket we bound (port 0), ready when this returns."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    env = {
+        **os.environ,
+        "K_SINK": sink_url,
+        "K_CE_OVERRIDES": OVERRIDES,
+        "HOSTNAME": "pod-under-test",
+        "GREETING": "inherited",
+    }
+    command = [
+        sys.executable, "-m", "xpipe.step", "--listen-fd", str(listener.fileno()),
+        "--service", "demo-build", "--heartbeat-seconds", "0.2", "--stop-grace-seconds", "0.5",
+        *options, "--", *(argv or PROGRAM_ARGV),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=env, pass_fds=[listener.fileno()])
+    listener.close()
+    runtime = RuntimeProcess(process, f"http://127.0.0.1:{port}/")
+    deadline = time.monotonic() + 15
+    while True:  # the socket already listens, so this only waits for the runtime to accept
+        try:
+            if runtime.client.get(runtime.url + "health/readiness", timeout=5).status_code == 200:
+                return runtime
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "the step runtime exited during start-up"
+        assert time.monotonic() < deadline, "the step runtime did not become ready"
+        time.sleep(0.05)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` until it holds; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.02)
