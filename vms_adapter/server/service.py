@@ -1,0 +1,127 @@
+"""Assembly of the journal service: model, journal, writer, operations, TCP front; start and stop.
+
+Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import sys
+import threading
+from types import FrameType
+from typing import TextIO
+
+from vms_adapter.server.config import ConfigError, ServerConfig, read_secret
+from vms_adapter.server.front import JournalFront
+from vms_adapter.server.journal import Journal
+from vms_adapter.server.model import JobModel
+from vms_adapter.server.open_model import OpenModel
+from vms_adapter.server.operations import Operations
+from vms_adapter.server.reader import CorruptJournal
+from vms_adapter.server.writer import CommitWriter
+
+log = logging.getLogger("xpipe.journal")
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_CORRUPT = 2
+EXIT_STORAGE_FAILED = 3
+SHUTDOWN_GRACE_S = 10.0
+
+
+def build_model() -> JobModel:
+    """The job model the service runs: the ONE place it is chosen."""
+    return OpenModel()
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run the service until SIGTERM/SIGINT (exit 0) or a storage failure (exit 3)."""
+    configure_logging(config.log_level)
+    try:
+        secret = read_secret(config.secret_file) if config.secret_file else None
+        tls = tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    except (ConfigError, OSError, ssl.SSLError) as exc:
+        print(f"xpipe-journal: {exc}", file=err)
+        return EXIT_CONFIG
+    try:
+        journal = Journal.open(config.data_dir, build_model(), config.storage, salvage=config.salvage)
+    except CorruptJournal as exc:
+        print(f"xpipe-journal: refusing to start: {exc}", file=err)
+        print(
+            "xpipe-journal: 'xpipe-journal verify' shows the damage; --salvage keeps the sound prefix",
+            file=err,
+        )
+        return EXIT_CORRUPT
+    except (RuntimeError, OSError) as exc:
+        print(f"xpipe-journal: cannot open the journal in {config.data_dir}: {exc}", file=err)
+        return EXIT_CONFIG
+    for action in journal.recovery:
+        print(f"xpipe-journal: recovery: {action}", file=err)
+
+    fatal: list[str] = []
+    stopping = threading.Event()
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        stopping.set()
+
+    writer = CommitWriter(journal, max_queue=config.max_queue, on_fatal=on_fatal)
+    writer.start()
+    front: JournalFront | None = None
+    try:
+        operations = Operations(journal, writer, commit_timeout_s=config.commit_timeout_s)
+        front = JournalFront(
+            operations,
+            host=config.host,
+            port=config.port,
+            secret=secret,
+            tls=tls,
+            max_connections=config.max_connections,
+            idle_timeout_s=config.idle_timeout_s,
+            frame_timeout_s=config.frame_timeout_s,
+            stopping=stopping,
+        )
+        operations.service_stats = front.stats
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 -- signal handler signature
+            stopping.set()
+
+        for name in ("SIGTERM", "SIGINT"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), on_signal)
+        host, port = front.address
+        print(f"listening on {host}:{port}", file=out, flush=True)
+        front.serve_until_stopped()
+    except OSError as exc:
+        print(f"xpipe-journal: cannot listen on {config.host}:{config.port}: {exc}", file=err)
+        writer.stop()
+        journal.close()
+        return EXIT_CONFIG
+    log.info("stopping: finishing queued commits")
+    writer.stop(SHUTDOWN_GRACE_S)
+    front.close_connections(SHUTDOWN_GRACE_S)
+    if not fatal:
+        journal.take_snapshot(background=False)
+    journal.close()
+    if fatal:
+        print(f"xpipe-journal: stopped after a storage failure: {fatal[0]}", file=err)
+        return EXIT_STORAGE_FAILED
+    log.info("stopped cleanly at seq %d", journal.state.last_seq)
+    return EXIT_OK

@@ -1,0 +1,86 @@
+"""What storage itself knows, folded from commit markers: seqs, job versions, job ids, idempotency keys.
+
+It is rebuilt by replay exactly like the model's state, so the same ``apply`` runs for a live commit and
+for a transaction read back at start-up. Job versions count committed transactions that touched a job;
+idempotency keys map to the reply first given for them and are forgotten after the retention period.
+
+Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vms_adapter.server.model import Record
+
+ALLOCATED_JOB_ID = re.compile(r"^j-(\d{8,})$")
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """An idempotency key's original reply and when it was committed."""
+
+    time: float
+    reply: dict[str, Any]
+
+
+class JournalState:
+    """Seq counter, job versions, the job-id counter and the idempotency index."""
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.transactions = 0
+        self.job_counter = 0
+        self.versions: dict[str, int] = {}
+        self.keys: dict[str, KeyEntry] = {}
+
+    def version(self, job_id: str) -> int:
+        return self.versions.get(job_id, 0)
+
+    def next_job_id(self) -> str:
+        """The id a new job would get: "j-" and an 8-digit counter, skipping ids already in use."""
+        number = self.job_counter + 1
+        while f"j-{number:08d}" in self.versions:
+            number += 1
+        return f"j-{number:08d}"
+
+    def apply(self, records: Sequence[Record], marker: dict[str, Any]) -> None:
+        """Fold one committed transaction (live or replayed)."""
+        self.last_seq = records[-1].seq
+        self.transactions += 1
+        for job_id in dict.fromkeys(r.job_id for r in records):
+            self.versions[job_id] = self.versions.get(job_id, 0) + 1
+        new_job = marker.get("newJob")
+        if isinstance(new_job, str):
+            match = ALLOCATED_JOB_ID.match(new_job)
+            if match:
+                self.job_counter = max(self.job_counter, int(match.group(1)))
+        key, reply = marker.get("key"), marker.get("reply")
+        if isinstance(key, str) and isinstance(reply, dict):
+            self.keys[key] = KeyEntry(float(marker["time"]), reply)
+
+    def forget_keys_before(self, cutoff: float) -> int:
+        """Drop idempotency keys committed before ``cutoff``; returns how many."""
+        stale = [key for key, entry in self.keys.items() if entry.time < cutoff]
+        for key in stale:
+            del self.keys[key]
+        return len(stale)
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "lastSeq": self.last_seq,
+            "transactions": self.transactions,
+            "jobCounter": self.job_counter,
+            "versions": self.versions,
+            "keys": {key: [entry.time, entry.reply] for key, entry in self.keys.items()},
+        }
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.last_seq = int(data["lastSeq"])
+        self.transactions = int(data["transactions"])
+        self.job_counter = int(data["jobCounter"])
+        self.versions = {str(k): int(v) for k, v in data["versions"].items()}
+        self.keys = {str(k): KeyEntry(float(v[0]), dict(v[1])) for k, v in data["keys"].items()}

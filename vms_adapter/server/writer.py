@@ -1,0 +1,296 @@
+"""The single writer thread: group commit of COMMIT, SWEEP and ACK transactions.
+
+Connection threads queue a request and wait. The writer takes everything queued (up to
+``MAX_GROUP``), and under the journal lock decides and stages each transaction in turn (so each is
+decided against the state its predecessors left), appends the whole group with ONE write and ONE
+fsync, releases the lock and only then answers. Whatever arrives during that fsync forms the next
+group, so the fsync cost is shared by every transaction waiting for it.
+
+A ``StorageFailure`` stops the writer for good: every waiting and later request is answered
+``UNAVAILABLE`` and ``on_fatal`` tells the service to exit.
+
+Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vms_adapter.errors import (
+    INTERNAL,
+    OVERLOADED,
+    REJECTED,
+    Conflict,
+    JournalError,
+    JournalUnavailable,
+    Rejected,
+)
+from vms_adapter.server.journal import Journal
+from vms_adapter.server.model import ModelRejection, NewRecord, Record
+from vms_adapter.server.segments import StorageFailure
+
+log = logging.getLogger("xpipe.journal.writer")
+
+MAX_GROUP = 512  # transactions per write+fsync; bounds the latency a group adds
+
+
+@dataclass(frozen=True)
+class IncomingRecord:
+    """A record as a client sent it; ``job_id`` None means "the commit's job"."""
+
+    type: str
+    data: dict[str, Any]
+    job_id: str | None = None
+
+
+class Pending:
+    """A queued request's outcome, set once by the writer thread."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+
+    def resolve(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def wait(self, timeout_s: float) -> dict[str, Any]:
+        if not self._done.wait(timeout_s):
+            raise JournalUnavailable(f"the journal did not complete the request within {timeout_s:g} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def _rejection(exc: ModelRejection) -> Rejected:
+    details = dict(exc.details)
+    details.setdefault("reason", exc.code)
+    return Rejected(exc.message, code=exc.code or REJECTED, details=details)
+
+
+def _model_failure(exc: Exception) -> JournalError:
+    log.error("job model failed before any state changed", exc_info=exc)
+    return JournalError(f"the job model failed: {exc!r}", code=INTERNAL)
+
+
+def _ask_model(question: Callable[[], list[NewRecord]]) -> list[NewRecord]:
+    """Run a pure model call; a bug in it (nothing changed yet) is an INTERNAL error, not a stop."""
+    try:
+        return question()
+    except ModelRejection as exc:
+        raise _rejection(exc) from None
+    except Exception as exc:
+        raise _model_failure(exc) from exc
+
+
+@dataclass
+class CommitRequest:
+    """COMMIT: idempotency check, version check, ``decide``, stage."""
+
+    job_id: str | None
+    key: str
+    expected_version: int | None
+    records: Sequence[IncomingRecord]
+    pending: Pending = field(default_factory=Pending)
+
+    def apply(self, journal: Journal, now: float) -> tuple[dict[str, Any], bytes]:
+        state, model = journal.state, journal.model
+        entry = state.keys.get(self.key)
+        if entry is not None and entry.time >= now - journal.options.key_retention_s:
+            return {**entry.reply, "duplicate": True}, b""
+        job_id, new_job = self.job_id, None
+        if job_id is None:
+            job_id = new_job = state.next_job_id()
+        current = state.version(job_id)
+        if self.expected_version is not None and self.expected_version != current:
+            raise Conflict(
+                f"job {job_id} is at version {current}, not {self.expected_version}",
+                current_version=current,
+                details={"jobId": job_id},
+            )
+        incoming = [NewRecord(r.job_id or job_id, r.type, r.data) for r in self.records]
+        decided = _ask_model(lambda: model.decide(job_id, incoming, now))
+        if not decided:
+            raise JournalError("the job model decided an empty transaction", code=INTERNAL)
+
+        def make_reply(records: list[Record], version_after: Callable[[str], int]) -> dict[str, Any]:
+            return {
+                "jobId": job_id,
+                "seq": records[-1].seq,
+                "version": version_after(job_id),
+                "duplicate": False,
+                "state": model.job_state(job_id),
+                "directives": model.directives_of(records, now),
+            }
+
+        _, reply, data = journal.stage(decided, now, key=self.key, new_job=new_job, make_reply=make_reply)
+        assert reply is not None
+        return reply, data
+
+
+@dataclass
+class SweepRequest:
+    """SWEEP: commit what the clock implies, then hand out the due directives."""
+
+    now: float | None
+    redelivery_after_s: float
+    pending: Pending = field(default_factory=Pending)
+
+    def apply(self, journal: Journal, now: float) -> tuple[dict[str, Any], bytes]:
+        model_now = now if self.now is None else self.now
+        new = _ask_model(lambda: journal.model.sweep(model_now))
+        seq, data = None, b""
+        if new:
+            records, _, data = journal.stage(new, now)
+            seq = records[-1].seq
+        try:
+            directives = journal.model.due_directives(model_now, self.redelivery_after_s)
+        except Exception as exc:
+            if data:  # the sweep's records are staged and must be written: the state has moved on
+                raise StorageFailure(f"due_directives failed after a staged sweep: {exc!r}") from exc
+            raise _model_failure(exc) from exc
+        return {"seq": seq, "records": len(new), "directives": directives}, data
+
+
+@dataclass
+class AckRequest:
+    """ACK: commit the model's records marking these outbox entries delivered."""
+
+    ids: Sequence[str]
+    pending: Pending = field(default_factory=Pending)
+
+    def apply(self, journal: Journal, now: float) -> tuple[dict[str, Any], bytes]:
+        new = _ask_model(lambda: journal.model.acknowledge(self.ids, now))
+        seq, data = None, b""
+        if new:
+            records, _, data = journal.stage(new, now)
+            seq = records[-1].seq
+        return {"acknowledged": len(self.ids), "seq": seq}, data
+
+
+WriteRequest = CommitRequest | SweepRequest | AckRequest
+_STOP = object()
+
+
+class CommitWriter:
+    """Owns the queue and the writer thread."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        max_queue: int = 10_000,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self._on_fatal = on_fatal
+        self._gate = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self.groups = 0
+        self.transactions = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: WriteRequest, timeout_s: float) -> dict[str, Any]:
+        """Queue ``request`` and wait for its durable outcome (or its error)."""
+        with self._gate:
+            if self._stopping:
+                raise JournalUnavailable("the journal service is stopping")
+            self.journal.check_open()
+            try:
+                self._queue.put_nowait(request)
+            except queue.Full:
+                raise JournalUnavailable("the commit queue is full", code=OVERLOADED) from None
+        return request.pending.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish everything already queued, then stop the thread."""
+        with self._gate:
+            if not self._stopping:
+                self._stopping = True
+                self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group: list[WriteRequest] = [first]  # type: ignore[list-item]
+            stop_after = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True
+                    break
+                group.append(item)  # type: ignore[arg-type]
+            if not self._write_group(group) or stop_after:
+                return
+
+    def _write_group(self, group: list[WriteRequest]) -> bool:
+        journal = self.journal
+        outcomes: list[tuple[dict[str, Any] | None, BaseException | None]] = []
+        buffer = bytearray()
+        now = time.time()
+        with journal.lock:
+            try:
+                for request in group:
+                    try:
+                        reply, data = request.apply(journal, now)
+                    except JournalError as exc:
+                        outcomes.append((None, exc))
+                        continue
+                    buffer += data
+                    outcomes.append((reply, None))
+                if buffer:
+                    journal.segments.append(bytes(buffer))
+            except StorageFailure as exc:
+                self._fail(group, str(exc))
+                return False
+            except Exception as exc:  # a bug in the model after state changed: stop like a storage failure
+                log.exception("writer thread failed")
+                self._fail(group, f"unexpected writer error: {exc!r}")
+                return False
+        for request, (result, error) in zip(group, outcomes, strict=True):
+            request.pending.resolve(result, error)
+        self.groups += 1
+        self.transactions += len(group)
+        try:
+            journal.after_group()
+        except StorageFailure as exc:
+            self._fail([], str(exc))
+            return False
+        return True
+
+    def _fail(self, group: list[WriteRequest], reason: str) -> None:
+        """Fail-stop: no retry over a failed write or fsync; everyone waiting is told, the service exits."""
+        self.journal.failed = reason
+        log.critical("journal storage failed, stopping: %s", reason)
+        error = JournalUnavailable("journal storage failed; the service is stopping")
+        for request in group:
+            request.pending.resolve(None, error)
+        with self._gate:
+            self._stopping = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                item.pending.resolve(None, error)  # type: ignore[attr-defined]
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
