@@ -1,0 +1,403 @@
+"""``JobStateMachine``: the journal's ``JobModel`` — decisions, the fold, the outbox, leases and queries.
+
+``decide`` never touches the live state: it folds the incoming facts into a scratch copy of the job and
+asks the reconciler what follows, so the transaction it returns is exactly what ``evolve`` will apply.
+Heart-beats and start reports (the bulk of the traffic) change nothing that the reconciler looks at,
+so a transaction made of one of them is validated without copying anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from vms_adapter.server.model import ModelRejection, NewRecord, Record
+
+from . import records as rt
+from . import states as st
+from .directives import job_of
+from .expiry import attempt_failure, next_expiry
+from .fold import find_attempt, fold, live_attempts, new_job
+from .plan import runnable
+from .reconcile import next_record
+from .shapes import HistoryEntry, Job, Pod
+from .validation import INVALID_RECORD, check_fact, check_plan
+from .views import job_view, list_page
+
+INVALID_TRANSITION = "INVALID_TRANSITION"
+UNKNOWN_JOB = "UNKNOWN_JOB"
+UNKNOWN_DIRECTIVE = "UNKNOWN_DIRECTIVE"
+STATE_FORMAT = 1
+
+# Facts that only renew a lease or claim a pod: nothing the reconciler reads changes.
+_LEASE_FACTS = frozenset({rt.HEARTBEAT, rt.STEP_STARTED})
+# Facts accepted for job ids that are not registered.
+_ANY_JOB_FACTS = frozenset({rt.HEALTH, rt.DEAD_LETTER})
+
+APPLY = "apply"
+IDEMPOTENT = "idempotent"
+
+
+def _clone(job: Job) -> Job:
+    """A deep copy of a job for deciding; the plan is never mutated, so it is shared."""
+    rest = {k: v for k, v in job.items() if k != "plan"}
+    copy: Job = json.loads(json.dumps(rest))
+    copy["plan"] = job["plan"]
+    return copy
+
+
+def _refuse(job: Job, record_type: str, why: str) -> ModelRejection:
+    return ModelRejection(
+        INVALID_TRANSITION,
+        f"job {job['jobId']} is {job['state']}: {record_type} refused: {why}",
+        details={"jobId": job["jobId"], "state": job["state"], "record": record_type},
+    )
+
+
+def admit(job: Job, record_type: str, data: dict[str, Any]) -> str:
+    """APPLY, IDEMPOTENT (a late or repeated fact), or raise INVALID_TRANSITION (JOBS.md §5.1)."""
+    if record_type in (rt.STEP_STARTED, rt.HEARTBEAT, rt.STEP_FINISHED):
+        label, number = data["step"], data["attempt"]
+        if runnable(job, label) is None:
+            raise _refuse(job, record_type, f"the plan has no step {label}")
+        attempt = find_attempt(job, label, number)
+        if attempt is None:
+            raise _refuse(job, record_type, f"attempt {number} of step {label} was never dispatched")
+        return APPLY if attempt["outcome"] is None else IDEMPOTENT
+    if record_type == rt.JOB_CANCELLED:
+        if job["state"] in (st.PENDING, st.RUNNING):
+            return APPLY
+        if job["cancel"] is not None:
+            return IDEMPOTENT
+        raise _refuse(job, record_type, "only a PENDING or RUNNING job can be cancelled")
+    if record_type == rt.ROLLBACK_STARTED:
+        rollback = job["rollback"]
+        if rollback is None:
+            raise _refuse(job, record_type, "no rollback was requested")
+        wanted = data.get("directive")
+        if wanted and wanted != rollback["directiveId"]:
+            why = f"the rollback directive is {rollback['directiveId']}, not {wanted}"
+            raise _refuse(job, record_type, why)
+        return APPLY if rollback["status"] == "requested" else IDEMPOTENT
+    if record_type == rt.REVERT_FINISHED:
+        rollback = job["rollback"]
+        actions = [] if rollback is None else rollback["actions"]
+        for action in actions:
+            if action["kind"] == "revert" and action["step"] == data["step"]:
+                if action["status"] == "running":
+                    return APPLY
+                if action["status"] in ("succeeded", "failed"):
+                    return IDEMPOTENT
+                raise _refuse(job, record_type, f"the revert of step {data['step']} was not directed yet")
+        raise _refuse(job, record_type, f"no revert of step {data['step']} is part of a rollback")
+    if record_type == rt.DIAGNOSTIC_REPORT:
+        diagnosis = job["diagnosis"]
+        if diagnosis is None:
+            raise _refuse(job, record_type, "no diagnosis was requested")
+        return APPLY if diagnosis["status"] == "requested" else IDEMPOTENT
+    return APPLY  # DEAD_LETTER: the fold decides whether it ends an attempt
+
+
+class JobStateMachine:
+    """The ``JobModel`` of the XPipe journal (see ``model.py`` for the contract, JOBS.md for the rules)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._history: dict[str, list[HistoryEntry]] = {}
+        self._pods: dict[str, Pod] = {}
+        self._order: list[tuple[int, str]] = []  # (registration seq, job id), ascending
+        self._outbox: dict[str, str] = {}  # pending directive id -> job id
+        self._active: dict[str, None] = {}  # unfinished job ids, in registration order
+        self._handed_out: dict[str, float] = {}  # directive id -> when last handed out (volatile)
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def decide(self, job_id: str, incoming: Sequence[NewRecord], now: float) -> list[NewRecord]:  # noqa: ARG002
+        # Every record names its own job (HEALTH is re-addressed to the pod's holder), so job_id is unused.
+        if not incoming:
+            raise ModelRejection(INVALID_RECORD, "a transaction needs at least one record")
+        decision = _Decision(self, now)
+        for index, record in enumerate(incoming):
+            decision.take(record, last=index == len(incoming) - 1)
+        return decision.out
+
+    def sweep(self, now: float) -> list[NewRecord]:
+        decision = _Decision(self, now)
+        for job_id in list(self._active):
+            job = self._jobs[job_id]
+            fact = next_expiry(job, now)
+            if fact is None:
+                continue
+            scratch = decision.scratch(job_id)
+            while fact is not None:
+                decision.derive(scratch, *fact)
+                decision.settle(scratch)
+                fact = next_expiry(scratch, now)
+        return decision.out
+
+    def acknowledge(self, directive_ids: Sequence[str], now: float) -> list[NewRecord]:  # noqa: ARG002
+        # The acknowledgement time is the commit time of DIRECTIVES_ACKED; ``now`` is not needed.
+        by_job: dict[str, list[str]] = {}
+        for ident in directive_ids:
+            job = self._jobs.get(job_of(ident)) if isinstance(ident, str) else None
+            directive = job["directives"].get(ident) if job is not None else None
+            if job is None or directive is None:
+                raise ModelRejection(UNKNOWN_DIRECTIVE, f"no directive {ident!r} in the journal")
+            if directive["status"] == "pending" and ident not in by_job.get(job["jobId"], []):
+                by_job.setdefault(job["jobId"], []).append(ident)
+        return [NewRecord(job_id, rt.DIRECTIVES_ACKED, {"ids": ids}) for job_id, ids in by_job.items()]
+
+    # -- the fold ----------------------------------------------------------------------------------
+
+    def evolve(self, record: Record) -> None:
+        kind, job_id, data, t = record.type, record.job_id, record.data, record.time
+        if rt.is_annotation(kind):
+            if job_id in self._history:
+                self._remember(record)
+            return
+        if kind == rt.JOB_REGISTERED:
+            self._jobs[job_id] = new_job(job_id, data, record.seq, t)
+            self._history[job_id] = []
+            self._order.append((record.seq, job_id))
+            self._active[job_id] = None
+            self._remember(record)
+            return
+        if kind == rt.HEALTH:
+            self._observe_pod(data)
+        job = self._jobs.get(job_id)
+        if job is None:
+            return  # HEALTH of an idle pod, or a DEAD_LETTER for no known job: recorded only
+        held = [(a["step"], a["attempt"], a["pod"]) for a in live_attempts(job) if a["pod"]]
+        fold(job, kind, data, t)
+        self._sync_pods(job, kind, data, held)
+        if kind not in (rt.HEARTBEAT, rt.STEP_STARTED, rt.HEALTH):
+            self._sync_outbox(job)
+        if kind != rt.HEARTBEAT or self._first_heartbeat(job, data, t):
+            self._remember(record)
+        if job["finished"]:
+            self._active.pop(job_id, None)
+
+    def _remember(self, record: Record) -> None:
+        entry: HistoryEntry = {
+            "seq": record.seq,
+            "type": record.type,
+            "data": record.data,
+            "time": record.time,
+        }
+        self._history[record.job_id].append(entry)
+
+    @staticmethod
+    def _first_heartbeat(job: Job, data: dict[str, Any], t: float) -> bool:
+        attempt = find_attempt(job, data["step"], data["attempt"])
+        return attempt is None or (attempt["heartbeats"] == 1 and attempt["lastHeartbeatAt"] == t)
+
+    def _sync_outbox(self, job: Job) -> None:
+        for ident, directive in job["directives"].items():
+            if directive["status"] == "pending":
+                self._outbox.setdefault(ident, job["jobId"])
+            elif self._outbox.pop(ident, None) is not None:
+                self._handed_out.pop(ident, None)
+
+    def _observe_pod(self, data: dict[str, Any]) -> None:
+        total = sum(c["restartCount"] for c in data["containers"])
+        pod = self._pods.setdefault(
+            data["pod"], {"holder": None, "restarts": None, "baseline": None, "observedAt": None}
+        )
+        if pod["holder"] is not None and pod["baseline"] is None:
+            pod["baseline"] = total  # first observation during the holder's attempt
+        pod["restarts"] = total
+        pod["observedAt"] = data.get("observedAt")
+
+    def _sync_pods(self, job: Job, kind: str, data: dict[str, Any], held: list[tuple[str, int, Any]]) -> None:
+        """Release pods of attempts that ended; record the claim of a pod named by a live attempt."""
+        for label, number, pod_name in held:
+            attempt = find_attempt(job, label, number)
+            pod = self._pods.get(pod_name)
+            holder = [job["jobId"], label, number]
+            if (
+                pod is not None
+                and pod["holder"] == holder
+                and (attempt is None or attempt["outcome"] is not None or attempt["pod"] != pod_name)
+            ):
+                pod["holder"] = None
+                pod["baseline"] = None
+        if kind in (rt.STEP_STARTED, rt.HEARTBEAT):
+            attempt = find_attempt(job, data["step"], data["attempt"])
+            if attempt is not None and attempt["outcome"] is None and attempt["pod"]:
+                holder = [job["jobId"], attempt["step"], attempt["attempt"]]
+                pod = self._pods.setdefault(
+                    attempt["pod"], {"holder": None, "restarts": None, "baseline": None, "observedAt": None}
+                )
+                if pod["holder"] != holder:
+                    pod["holder"] = holder
+                    pod["baseline"] = pod["restarts"]
+
+    # -- the outbox --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _public(directive: dict[str, Any]) -> dict[str, Any]:
+        return {k: directive[k] for k in ("id", "jobId", "kind", "dueAt", "event")}
+
+    def due_directives(self, now: float, redelivery_after_s: float) -> list[dict[str, Any]]:
+        due = []
+        for ident, job_id in self._outbox.items():
+            directive = self._jobs[job_id]["directives"][ident]
+            if directive["dueAt"] > now:
+                continue
+            last = self._handed_out.get(ident)
+            if last is not None and now - last < redelivery_after_s:
+                continue
+            self._handed_out[ident] = now
+            due.append(self._public(dict(directive)))
+        return due
+
+    def directives_of(self, records: Sequence[Record], now: float) -> list[dict[str, Any]]:
+        found = []
+        for record in records:
+            carried = record.data.get("directive")
+            job = self._jobs.get(record.job_id)
+            if not isinstance(carried, dict) or job is None:
+                continue
+            directive = job["directives"].get(carried.get("id", ""))
+            if directive is not None and directive["status"] == "pending" and directive["dueAt"] <= now:
+                self._handed_out[directive["id"]] = now
+                found.append(self._public(dict(directive)))
+        return found
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def job_state(self, job_id: str) -> str | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job["state"]
+
+    def job_view(self, job_id: str) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job_view(job, self._history[job_id])
+
+    def list_jobs(
+        self, filters: dict[str, Any], after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return list_page(self._jobs, self._order, filters, after, limit)
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def dump_state(self) -> dict[str, Any]:
+        state = {"format": STATE_FORMAT, "jobs": self._jobs, "history": self._history, "pods": self._pods}
+        copy: dict[str, Any] = json.loads(json.dumps(state))
+        return copy
+
+    def load_state(self, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ValueError(f"job state snapshot: format {data.get('format')!r} is not {STATE_FORMAT}")
+        copy = json.loads(json.dumps(data))
+        self._jobs = copy["jobs"]
+        self._history = copy["history"]
+        self._pods = copy["pods"]
+        self._order = sorted((job["registeredSeq"], job_id) for job_id, job in self._jobs.items())
+        self._active = {job_id: None for _, job_id in self._order if not self._jobs[job_id]["finished"]}
+        self._outbox = {}
+        self._handed_out = {}
+        for _, job_id in self._order:
+            self._sync_outbox(self._jobs[job_id])
+
+
+class _Decision:
+    """One transaction being decided: scratch copies of the jobs it touches and the records to write."""
+
+    def __init__(self, machine: JobStateMachine, now: float) -> None:
+        self.machine = machine
+        self.now = now
+        self.out: list[NewRecord] = []
+        self.scratches: dict[str, Job] = {}
+        self.steps = 0
+
+    def job(self, job_id: str) -> Job | None:
+        return self.scratches.get(job_id) or self.machine._jobs.get(job_id)
+
+    def scratch(self, job_id: str) -> Job:
+        if job_id not in self.scratches:
+            self.scratches[job_id] = _clone(self.machine._jobs[job_id])
+        return self.scratches[job_id]
+
+    def derive(self, scratch: Job, kind: str, data: dict[str, Any]) -> None:
+        self.steps += 1
+        if self.steps > rt.MAX_DECISIONS_PER_TRANSACTION:
+            limit = rt.MAX_DECISIONS_PER_TRANSACTION
+            raise RuntimeError(f"job {scratch['jobId']}: more than {limit} decisions in one transaction")
+        self.out.append(NewRecord(scratch["jobId"], kind, data))
+        fold(scratch, kind, data, self.now)
+
+    def settle(self, scratch: Job) -> None:
+        """Fold what the reconciler asks for until it asks for nothing."""
+        while (following := next_record(scratch, self.now)) is not None:
+            self.derive(scratch, *following)
+
+    def take(self, record: NewRecord, *, last: bool) -> None:
+        kind, job_id, data = record.type, record.job_id, record.data
+        if not isinstance(kind, str) or not kind:
+            raise ModelRejection(INVALID_RECORD, "a record needs a non-empty string type")
+        if not isinstance(data, dict):
+            raise ModelRejection(INVALID_RECORD, f"{kind}: data: must be an object")
+        if rt.is_annotation(kind):
+            self.out.append(record)
+            return
+        if kind in rt.DERIVED:
+            raise ModelRejection(INVALID_RECORD, f"{kind}: written only by the journal, never by a client")
+        if kind not in rt.FACTS:
+            raise ModelRejection(INVALID_RECORD, f"{kind}: unknown record type (annotations start with x-)")
+        if kind == rt.JOB_REGISTERED:
+            self._register(record)
+            return
+        check_fact(kind, job_id, data)
+        if kind == rt.HEALTH:
+            self._health(record)
+            return
+        job = self.job(job_id)
+        if job is None:
+            if kind in _ANY_JOB_FACTS:
+                self.out.append(record)
+                return
+            raise ModelRejection(UNKNOWN_JOB, f"no job {job_id!r} in the journal: {kind} refused")
+        verdict = admit(job, kind, data)
+        self.out.append(record)
+        if verdict == IDEMPOTENT or (kind in _LEASE_FACTS and last):
+            return
+        scratch = self.scratch(job_id)
+        fold(scratch, kind, data, self.now)
+        self.settle(scratch)
+
+    def _register(self, record: NewRecord) -> None:
+        check_plan(record.data)
+        existing = self.job(record.job_id)
+        if existing is not None:
+            raise _refuse(existing, rt.JOB_REGISTERED, "the job is already registered")
+        self.out.append(record)
+        scratch = new_job(record.job_id, record.data, -1, self.now)
+        self.scratches[record.job_id] = scratch
+        self.settle(scratch)
+
+    def _health(self, record: NewRecord) -> None:
+        """Attribute a pod's health to the attempt holding the pod, or record it on the idle pod."""
+        data = {k: v for k, v in record.data.items() if k != "jobId"}
+        pod_name = data["pod"]
+        pod = self.machine._pods.get(pod_name)
+        holder = pod["holder"] if pod is not None else None
+        job = self.job(holder[0]) if holder is not None else None
+        attempt = find_attempt(job, holder[1], holder[2]) if job is not None and holder is not None else None
+        if job is None or attempt is None or attempt["outcome"] is not None or attempt["pod"] != pod_name:
+            self.out.append(NewRecord(rt.POD_JOB_PREFIX + pod_name, rt.HEALTH, data))
+            return
+        assert pod is not None
+        total = sum(c["restartCount"] for c in data["containers"])
+        baseline = pod["baseline"] if pod["baseline"] is not None else total
+        attributed = {**data, "step": attempt["step"], "attempt": attempt["attempt"]}
+        attributed["attemptRestarts"] = max(0, total - baseline)
+        scratch = self.scratch(job["jobId"])
+        self.derive(scratch, rt.HEALTH, attributed)
+        live = find_attempt(scratch, attempt["step"], attempt["attempt"])
+        assert live is not None
+        failure = attempt_failure(scratch, live, self.now, health_only=True)
+        if failure is not None:
+            self.derive(scratch, *failure)
+            self.settle(scratch)

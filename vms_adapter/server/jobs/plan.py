@@ -1,0 +1,51 @@
+"""Reading the resolved plan of a job: steps by name, compensation labels, back-off (JOBS.md §4, §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .records import compensation_label
+from .shapes import Job
+
+COMPENSATE_SUFFIX = ":compensate"
+
+
+@dataclass(frozen=True)
+class Runnable:
+    """What an attempt of a step label runs: a step, or a step's compensation."""
+
+    label: str
+    step: dict[str, Any]
+    service: str
+    timeout_s: int
+    compensation: bool
+
+
+def runnable(job: Job, label: str) -> Runnable | None:
+    """The step or compensation a label names in this job's plan, or None."""
+    name = label[: -len(COMPENSATE_SUFFIX)] if label.endswith(COMPENSATE_SUFFIX) else label
+    step = step_named(job, name)
+    if step is None:
+        return None
+    if name == label:
+        return Runnable(label, step, step["service"], step["timeoutSeconds"], False)
+    if step["compensate"] is None:
+        return None
+    return Runnable(label, step, step["compensate"]["service"], step["compensate"]["timeoutSeconds"], True)
+
+
+def step_named(job: Job, name: str) -> dict[str, Any] | None:
+    for step in job["plan"]["steps"]:
+        if step["name"] == name:
+            return step  # type: ignore[no-any-return]
+    return None
+
+
+def backoff_s(step: dict[str, Any], failed_attempt: int) -> float:
+    """The wait before retry n (after attempt n failed): backoffSeconds * backoffFactor ** (n-1)."""
+    return float(step["backoffSeconds"]) * float(step["backoffFactor"]) ** (failed_attempt - 1)
+
+
+def compensation_of(step: dict[str, Any]) -> str:
+    return compensation_label(step["name"])

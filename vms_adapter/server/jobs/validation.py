@@ -1,0 +1,254 @@
+"""Strict checks of record data: every field typed and bounded, unknown keys refused, errors naming the field.
+
+A bad record is refused with ``INVALID_RECORD`` before it can touch the state, so the fold can trust the
+shapes it reads. Field paths in messages use the wire's camelCase names (``steps[1].retries``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from vms_adapter.server.model import ModelRejection
+
+from . import records as rt
+from .states import ON_FAILURE
+
+INVALID_RECORD = "INVALID_RECORD"
+
+MAX_STEPS = 64
+MAX_RETRIES = 100
+MAX_SECONDS = 86_400
+MAX_TEXT = 256
+MAX_NAME = 253
+MAX_SUMMARY = 4096
+STEP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+OUTCOMES = ("succeeded", "failed", "cancelled", "timed-out")
+REVERT_OUTCOMES = ("succeeded", "failed")
+
+
+class Fields:
+    """Reads one JSON object for one record type, raising ``INVALID_RECORD`` naming ``path.field``."""
+
+    def __init__(self, record_type: str, data: object, path: str = "") -> None:
+        self.record_type = record_type
+        self.path = path
+        if not isinstance(data, Mapping):
+            self.fail(path or "data", "must be an object")
+        self.data: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+
+    def fail(self, field: str, problem: str) -> Any:
+        raise ModelRejection(
+            INVALID_RECORD, f"{self.record_type}: {field}: {problem}", details={"field": field}
+        )
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def only(self, *allowed: str) -> None:
+        unknown = sorted(k for k in self.data if k not in allowed)
+        if unknown:
+            self.fail(self.name(str(unknown[0])), "unknown field")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def text(self, key: str, *, min_len: int = 1, max_len: int = MAX_TEXT, optional: bool = False) -> str:
+        value = self.data.get(key)
+        if value is None and optional:
+            return ""
+        if not isinstance(value, str):
+            return str(self.fail(self.name(key), "must be a string"))
+        if not min_len <= len(value) <= max_len:
+            self.fail(self.name(key), f"must be {min_len} to {max_len} characters")
+        return value
+
+    def integer(self, key: str, low: int, high: int, *, optional: bool = False) -> int | None:
+        value = self.data.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return int(self.fail(self.name(key), "must be an integer"))
+        if not low <= value <= high:
+            self.fail(self.name(key), f"must be an integer from {low} to {high}")
+        return value
+
+    def number(
+        self, key: str, low: float, high: float, *, above: bool = False, optional: bool = False
+    ) -> float | None:
+        value = self.data.get(key)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return float(self.fail(self.name(key), "must be a finite number"))
+        if value < low or value > high or (above and value <= low):
+            bound = f"above {low}" if above else f"at least {low}"
+            self.fail(self.name(key), f"must be a number {bound} and at most {high}")
+        return float(value)
+
+    def boolean(self, key: str) -> bool:
+        value = self.data.get(key)
+        if not isinstance(value, bool):
+            return bool(self.fail(self.name(key), "must be true or false"))
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.data.get(key)
+        if value not in choices:
+            self.fail(self.name(key), f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    def obj(self, key: str, *, optional: bool = False) -> Fields | None:
+        value = self.data.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, Mapping):
+            self.fail(self.name(key), "must be an object")
+        return Fields(self.record_type, value, self.name(key))
+
+    def items(self, key: str, *, max_items: int, min_items: int = 0) -> list[Any]:
+        value = self.data.get(key)
+        if not isinstance(value, list):
+            return list(self.fail(self.name(key), "must be a list"))
+        if not min_items <= len(value) <= max_items:
+            self.fail(self.name(key), f"must have {min_items} to {max_items} items")
+        return value
+
+
+def check_plan(data: object) -> None:
+    """The resolved plan of ``JOB_REGISTERED`` (JOBS.md §4)."""
+    plan = Fields(rt.JOB_REGISTERED, data)
+    plan.only("template", "templateDigest", "params", "requestedBy", "onFailure", "steps")
+    plan.text("template")
+    plan.text("templateDigest", min_len=0)
+    plan.text("requestedBy")
+    plan.choice("onFailure", ON_FAILURE)
+    params = plan.obj("params")
+    assert params is not None
+    for key in params.data:
+        if not isinstance(key, str) or not 1 <= len(key) <= 128:
+            params.fail(params.name(str(key)), "parameter names must be 1 to 128 characters")
+        params.text(key, min_len=0, max_len=64 * 1024)
+    seen: set[str] = set()
+    for index, raw in enumerate(plan.items("steps", min_items=1, max_items=MAX_STEPS)):
+        step = Fields(rt.JOB_REGISTERED, raw, f"steps[{index}]")
+        step.only(
+            "name",
+            "service",
+            "timeoutSeconds",
+            "retries",
+            "backoffSeconds",
+            "backoffFactor",
+            "heartbeatTimeoutSeconds",
+            "health",
+            "compensate",
+            "revert",
+        )
+        name = step.text("name", max_len=63)
+        if not STEP_NAME.match(name):
+            step.fail(step.name("name"), "must use only A-Z a-z 0-9 . _ -")
+        if name in seen:
+            step.fail(step.name("name"), f"duplicate step name {name!r}")
+        seen.add(name)
+        step.text("service", max_len=MAX_NAME)
+        step.integer("timeoutSeconds", 1, MAX_SECONDS)
+        step.integer("retries", 0, MAX_RETRIES)
+        step.number("backoffSeconds", 0, MAX_SECONDS)
+        step.number("backoffFactor", 1, 100)
+        step.number("heartbeatTimeoutSeconds", 0, MAX_SECONDS, above=True)
+        health = step.obj("health")
+        assert health is not None
+        health.only("notReadySeconds", "maxRestarts")
+        health.number("notReadySeconds", 0, MAX_SECONDS)
+        health.integer("maxRestarts", 0, 1000)
+        if "compensate" not in step.data or "revert" not in step.data:
+            step.fail(step.name("compensate" if "compensate" not in step.data else "revert"), "is required")
+        compensate = step.obj("compensate", optional=True)
+        if compensate is not None:
+            compensate.only("service", "timeoutSeconds")
+            compensate.text("service", max_len=MAX_NAME)
+            compensate.integer("timeoutSeconds", 1, MAX_SECONDS)
+        revert = step.obj("revert", optional=True)
+        if revert is not None:
+            revert.only("kind", "service", "namespace")
+            revert.choice("kind", ("knative-traffic",))
+            revert.text("service", max_len=MAX_NAME)
+            revert.text("namespace", max_len=MAX_NAME)
+
+
+def _job_id_matches(fields: Fields, job_id: str) -> None:
+    if "jobId" in fields.data and fields.data["jobId"] != job_id:
+        fields.fail("jobId", f"names job {fields.data['jobId']!r} but the record is for job {job_id!r}")
+
+
+def _attempt_fields(fields: Fields) -> None:
+    fields.text("step", max_len=128)
+    fields.integer("attempt", 1, 1_000_000)
+
+
+def check_fact(record_type: str, job_id: str, data: object) -> None:
+    """The data of every fact except ``JOB_REGISTERED`` (JOBS.md §5.1)."""
+    fields = Fields(record_type, data)
+    if record_type == rt.STEP_STARTED:
+        fields.only("jobId", "step", "attempt", "pod")
+        _attempt_fields(fields)
+        fields.text("pod", max_len=MAX_NAME)
+    elif record_type == rt.HEARTBEAT:
+        fields.only("jobId", "step", "attempt", "pod", "progress", "details")
+        _attempt_fields(fields)
+        fields.text("pod", max_len=MAX_NAME)
+        fields.number("progress", 0, 1, optional=True)
+        fields.obj("details", optional=True)
+    elif record_type == rt.STEP_FINISHED:
+        fields.only("jobId", "step", "attempt", "outcome", "exitCode", "durationSeconds", "summary", "pod")
+        _attempt_fields(fields)
+        fields.choice("outcome", OUTCOMES)
+        fields.integer("exitCode", -(2**31), 2**32, optional=True)
+        fields.number("durationSeconds", 0, 10 * MAX_SECONDS, optional=True)
+        fields.text("summary", min_len=0, max_len=MAX_SUMMARY, optional=True)
+        fields.text("pod", max_len=MAX_NAME, optional=True)
+    elif record_type == rt.HEALTH:
+        fields.only("jobId", "pod", "phase", "ready", "containers", "observedAt")
+        fields.text("pod", max_len=MAX_NAME)
+        fields.text("phase", max_len=64)
+        fields.boolean("ready")
+        for index, raw in enumerate(fields.items("containers", max_items=64)):
+            container = Fields(record_type, raw, f"containers[{index}]")
+            container.only("name", "ready", "restartCount", "state")
+            container.text("name", max_len=MAX_NAME)
+            container.boolean("ready")
+            container.integer("restartCount", 0, 1_000_000)
+            if container.data.get("state") is not None and not isinstance(
+                container.data["state"], (str, Mapping)
+            ):
+                container.fail(container.name("state"), "must be a string or an object")
+        if "observedAt" in fields.data and not isinstance(fields.data["observedAt"], (str, int, float)):
+            fields.fail("observedAt", "must be a timestamp (string or number)")
+    elif record_type == rt.DEAD_LETTER:
+        fields.only("jobId", "event", "errorCode", "errorDest", "errorData")
+        event = fields.obj("event")
+        assert event is not None
+        event.text("type", max_len=MAX_NAME)
+        event.text("id", max_len=MAX_NAME, optional=True)
+        fields.integer("errorCode", 0, 999, optional=True)
+        fields.text("errorDest", max_len=2048, optional=True)
+        fields.text("errorData", min_len=0, max_len=4096, optional=True)
+    elif record_type == rt.ROLLBACK_STARTED:
+        fields.only("jobId", "directive")
+        fields.text("directive", max_len=MAX_NAME, optional=True)
+    elif record_type == rt.REVERT_FINISHED:
+        fields.only("jobId", "step", "outcome", "revision", "details")
+        fields.text("step", max_len=63)
+        fields.choice("outcome", REVERT_OUTCOMES)
+        fields.text("revision", max_len=MAX_NAME, optional=True)
+        fields.obj("details", optional=True)
+    elif record_type == rt.DIAGNOSTIC_REPORT:
+        fields.only("jobId", "report")
+        fields.obj("report")
+    elif record_type == rt.JOB_CANCELLED:
+        fields.only("jobId", "reason", "thenRollback")
+        fields.text("reason", max_len=1024)
+        fields.boolean("thenRollback")
+    _job_id_matches(fields, job_id)
