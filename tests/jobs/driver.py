@@ -65,13 +65,18 @@ class Driver:
         self.records: list[Record] = []
         self.seq = 0
         self.jobs = (f"j{n}" for n in itertools.count(1))
+        self.transitions: set[tuple[str | None, str | None]] = set()
 
     def _stage(self, decided: Iterable[NewRecord], now: float) -> list[Record]:
         committed = []
         for item in decided:
             self.seq += 1
             record = Record(self.seq, item.job_id, item.type, item.data, now)
+            before = self.model.job_state(item.job_id)
             self.model.evolve(record)
+            after = self.model.job_state(item.job_id)
+            if before is not None and before != after:
+                self.transitions.add((before, after))
             committed.append(record)
         self.records.extend(committed)
         return committed
