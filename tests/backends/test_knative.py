@@ -1,0 +1,319 @@
+"""KnativeBackend against kmock's Kubernetes emulator: a real HTTP server speaking the Kubernetes API.
+
+The kubernetes client is synchronous and kmock serves from the test's event loop, so every backend call
+runs in a thread (asyncio.to_thread). What the Knative controllers would do (set a Service's status,
+create Revisions) the tests do directly on the emulator's objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kmock
+import pytest
+import yaml
+
+from xpipe.backends.base import Conflict, NotFound, PermissionDenied, StepServiceSpec
+from xpipe.backends.knative import KnativeBackend
+
+SCHEMAS = Path("/work/shared/schemas/knative")
+NAMESPACE = "xpipe-steps"
+SERVICES = "serving.knative.dev/v1/services"
+REVISIONS = "serving.knative.dev/v1/revisions"
+TRIGGERS = "eventing.knative.dev/v1/triggers"
+
+pytestmark = pytest.mark.asyncio
+
+
+def strict(schema: Any) -> Any:
+    """The CRD schema as plain JSON Schema, with unknown fields refused where Kubernetes would prune them."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: strict(value) for key, value in schema.items() if not key.startswith("x-kubernetes-")}
+    prunable = "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields")
+    if prunable and "additionalProperties" not in schema:
+        result["additionalProperties"] = False
+    return result
+
+
+@cache
+def validator(kind: str) -> jsonschema.Draft7Validator:
+    filename = {"Service": "serving-service.yaml", "Trigger": "eventing-trigger.yaml"}[kind]
+    crd = yaml.safe_load((SCHEMAS / filename).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    root = strict(version["schema"]["openAPIV3Schema"])
+    # Every object has these, so CRD schemas leave them out.
+    root["properties"] |= {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+    }
+    return jsonschema.Draft7Validator(root)
+
+
+def assert_schema_valid(obj: dict[str, Any]) -> None:
+    errors = sorted(validator(obj["kind"]).iter_errors(obj), key=lambda e: list(e.absolute_path))
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def sent_objects(server: kmock.KubernetesEmulator) -> list[dict[str, Any]]:
+    """Every object body the backend sent (creates and applies)."""
+    return [request.data for request in server if request.method in ("POST", "PATCH", "PUT")]
+
+
+def make_spec(
+    digest: str = "sha256:aaa", argv: tuple[str, ...] = ("deploy", "--env={{ params.env }}")
+) -> StepServiceSpec:
+    return StepServiceSpec(
+        name="demo-ok-deploy",
+        template="demo-ok",
+        step="deploy",
+        image="registry.example/xpipe-step:1",
+        argv=argv,
+        env={"TARGET": "{{ params.target }}"},
+        timeout_seconds=120,
+        template_digest=digest,
+        heartbeat_seconds=5,
+    )
+
+
+@pytest.fixture
+def kubeconfig(kmock: kmock.KubernetesEmulator, tmp_path: Path) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+                "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return str(path)
+
+
+@pytest.fixture
+def backend(kubeconfig: str) -> KnativeBackend:
+    return KnativeBackend(
+        NAMESPACE, "default", kubeconfig=kubeconfig, backoff_seconds=0.01, max_backoff_seconds=0.05
+    )
+
+
+async def test_apply_creates_schema_valid_service_and_trigger(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    spec = make_spec()
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is True
+    bodies = sent_objects(kmock)
+    assert {body["kind"] for body in bodies} == {"Service", "Trigger"}
+    for body in bodies:
+        assert_schema_valid(body)
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    template = service["spec"]["template"]
+    assert template["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
+    assert template["metadata"]["labels"] == {"xpipe.io/template": "demo-ok", "xpipe.io/step": "deploy"}
+    assert service["metadata"]["labels"]["xpipe.io/step"] == "deploy"
+    container = template["spec"]["containers"][0]
+    assert template["spec"]["containerConcurrency"] == 1
+    assert template["spec"]["timeoutSeconds"] == 120
+    assert container["command"] == ["xpipe-step"]
+    args = container["args"]
+    assert args[args.index("--") + 1 :] == ["deploy", "--env={{ params.env }}"]  # unrendered, after --
+    assert args[args.index("--env") : args.index("--env") + 2] == ["--env", "TARGET={{ params.target }}"]
+    trigger = kmock.objects[TRIGGERS, NAMESPACE, "demo-ok-deploy"].raw
+    assert trigger["spec"]["filter"]["attributes"] == {
+        "type": "com.xpipe.step.run",
+        "xpipestep": "demo-ok-deploy",
+    }
+    assert trigger["spec"]["subscriber"]["ref"]["name"] == "demo-ok-deploy"
+    assert trigger["spec"]["broker"] == "default"
+    # The apply is a real server-side apply: content type, field manager and force.
+    patches = [request for request in kmock if request.method == "PATCH"]
+    assert patches
+    for request in patches:
+        assert request.headers["Content-Type"] == "application/apply-patch+yaml"
+        assert request.params["fieldManager"] == "xpipe"
+        assert request.params["force"] == "true"
+
+
+async def test_applying_the_same_template_version_again_sends_nothing(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend, kubeconfig: str
+) -> None:
+    spec = make_spec()
+    await asyncio.to_thread(backend.ensure_step_service, spec)
+    writes = len(sent_objects(kmock))
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is False
+    assert len(sent_objects(kmock)) == writes
+    # A fresh process (cold cache) reads the digest back from the objects instead of re-applying.
+    fresh = KnativeBackend(NAMESPACE, kubeconfig=kubeconfig)
+    assert await asyncio.to_thread(fresh.ensure_step_service, spec) is False
+    assert len(sent_objects(kmock)) == writes
+    # A new template version is applied (over the existing objects).
+    assert (
+        await asyncio.to_thread(fresh.ensure_step_service, make_spec("sha256:bbb", ("deploy", "v2"))) is True
+    )
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    assert service["metadata"]["annotations"]["xpipe.io/template-digest"] == "sha256:bbb"
+    assert service["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["deploy", "v2"]
+    for body in sent_objects(kmock):
+        assert_schema_valid(body)
+
+
+def revision(
+    name: str, generation: int, ready: bool = True, service: str = "demo-ok-deploy"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {
+                "serving.knative.dev/service": service,
+                "serving.knative.dev/configurationGeneration": str(generation),
+            },
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    # What Knative's controllers would have done after three deploys (the second revision never got ready)
+    kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].patch(
+        {"status": {"latestReadyRevisionName": "demo-ok-deploy-00004"}}
+    )
+    for name, generation, ready in [
+        ("00001", 1, True),
+        ("00002", 2, True),
+        ("00003", 3, False),
+        ("00004", 4, True),
+    ]:
+        kmock.objects[REVISIONS, NAMESPACE, f"demo-ok-deploy-{name}"] = revision(
+            f"demo-ok-deploy-{name}", generation, ready
+        )
+    # Another service's newer revision, returned because the emulator ignores label selectors.
+    kmock.objects[REVISIONS, NAMESPACE, "other-00009"] = revision("other-00009", 9, service="other")
+
+    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    assert state.pinned_revision == "demo-ok-deploy-00002"
+    assert state.latest_ready_revision == "demo-ok-deploy-00004"
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    assert service["spec"]["traffic"] == [
+        {"revisionName": "demo-ok-deploy-00002", "latestRevision": False, "percent": 100}
+    ]
+    assert_schema_valid(service)
+    traffic_patch = [request for request in kmock if request.method == "PATCH"][-1]
+    assert traffic_patch.params["fieldManager"] == "xpipe-traffic"
+
+    # Reverting again moves one further back; with nothing older left it is a NotFound.
+    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    assert state.pinned_revision == "demo-ok-deploy-00001"
+    with pytest.raises(NotFound):
+        await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+
+    state = await asyncio.to_thread(backend.restore_traffic, NAMESPACE, "demo-ok-deploy")
+    assert state.pinned_revision is None
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    assert service["spec"]["traffic"] == [{"latestRevision": True, "percent": 100}]
+
+
+async def test_revert_of_a_missing_service_is_not_found(
+    backend: KnativeBackend, kmock: kmock.KubernetesEmulator
+) -> None:
+    kmock.resources[SERVICES] = kmock.ResourceInfo(kind="Service", namespaced=True)
+    with pytest.raises(NotFound):
+        await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "nope")
+
+
+async def test_forbidden_apply_names_the_verb_and_resource(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    message = 'services.serving.knative.dev "demo-ok-deploy" is forbidden: User cannot patch'
+    forbidden = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "message": message}
+    # The Service exists (an earlier template version), so the apply reaches RBAC, which refuses it.
+    kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"] = {
+        "metadata": {"name": "demo-ok-deploy", "namespace": NAMESPACE}
+    }
+    kmock["patch", kmock.resource(SERVICES)] << 403 << forbidden
+    with pytest.raises(PermissionDenied) as caught:
+        await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    assert caught.value.verb == "patch"
+    assert caught.value.resource == "services.serving.knative.dev"
+    assert caught.value.namespace == NAMESPACE
+    assert "cannot patch services.serving.knative.dev" in str(caught.value)
+    assert "not-a-secret" not in str(caught.value)
+    assert len([request for request in kmock if request.method == "PATCH"]) == 1  # a 403 is not retried
+
+
+async def test_conflicts_are_retried_then_reported(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    conflict = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                "message": "the object has been modified"}  # fmt: skip
+    before = len([r for r in kmock if r.method == "PATCH"])
+    kmock["patch"][before : before + 2] << 409 << conflict  # the next two patches conflict, then pass
+    assert await asyncio.to_thread(backend.ensure_step_service, make_spec("sha256:ccc")) is True
+    assert (
+        len([r for r in kmock if r.method == "PATCH"]) - before == 4
+    )  # 2 conflicts, then Service and Trigger
+
+    kmock["patch"] << 409 << conflict  # a conflict that never clears
+    with pytest.raises(Conflict):
+        await asyncio.to_thread(backend.ensure_step_service, make_spec("sha256:ddd"))
+    assert Conflict.retryable
+
+
+async def test_diagnostics_report_pods_restarts_events_and_log_tails(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    kmock.objects["v1/pods", NAMESPACE, "demo-ok-deploy-00001-deployment-abc"] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "demo-ok-deploy-00001-deployment-abc", "namespace": NAMESPACE,
+                     "labels": {"serving.knative.dev/service": "demo-ok-deploy"}},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False", "reason": "x"}],
+                   "containerStatuses": [
+                       {"name": "step", "ready": False, "restartCount": 3,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+                       {"name": "queue-proxy", "ready": True, "restartCount": 0, "state": {"running": {}}}]},
+    }  # fmt: skip
+    kmock.objects["v1/pods", NAMESPACE, "unrelated"] = {
+        "metadata": {"name": "unrelated", "namespace": NAMESPACE}
+    }
+    kmock.objects["v1/events", NAMESPACE, "e1"] = {
+        "metadata": {"name": "e1", "namespace": NAMESPACE}, "type": "Warning", "reason": "BackOff",
+        "message": "Back-off restarting failed container", "count": 7,
+        "lastTimestamp": "2030-01-01T00:00:00Z",
+        "involvedObject": {"kind": "Pod", "name": "demo-ok-deploy-00001-deployment-abc"},
+    }  # fmt: skip
+    (
+        kmock["get /api/v1/namespaces/xpipe-steps/pods/demo-ok-deploy-00001-deployment-abc/log"]
+        << b"boom\nexit 1\n"
+    )
+
+    report = await asyncio.to_thread(backend.collect_diagnostics, "job-1", ["demo-ok-deploy", "ghost"])
+    json.dumps(report)  # JSON-ready
+    entry = report["services"]["demo-ok-deploy"]
+    assert [pod["name"] for pod in entry["pods"]] == ["demo-ok-deploy-00001-deployment-abc"]
+    step = entry["pods"][0]["containers"][0]
+    assert step["restartCount"] == 3
+    assert step["state"] == {"waiting": {"reason": "CrashLoopBackOff"}}
+    assert step["logTail"] == "boom\nexit 1\n"
+    assert "logTail" not in entry["pods"][0]["containers"][1]
+    assert entry["events"][0]["reason"] == "BackOff"
+    assert report["jobId"] == "job-1"
+    assert any("ghost" in error for error in report["errors"])  # best effort: the missing one is named

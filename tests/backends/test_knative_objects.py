@@ -1,0 +1,44 @@
+"""Pure parts of the Knative backend: which revision a revert pins to, and label values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpipe.backends.knative_objects import label_value, pinned_revision, revert_target
+
+
+def revision(name: str, generation: int, ready: bool = True, service: str = "s") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "serving.knative.dev/service": service,
+                "serving.knative.dev/configurationGeneration": str(generation),
+            },
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_revert_target_ignores_unready_and_foreign_revisions() -> None:
+    service = {"metadata": {"name": "s"}, "status": {"latestReadyRevisionName": "s-00003"}}
+    revisions = [revision("s-00001", 1, service="s"), revision("s-00002", 2, False, "s"),
+                 revision("s-00003", 3, service="s"), revision("x-00002", 2, service="x")]  # fmt: skip
+    assert revert_target(service, revisions) == "s-00001"
+    assert revert_target(service, revisions[2:]) is None
+
+
+def test_a_pinned_service_reverts_from_its_pin() -> None:
+    service = {
+        "metadata": {"name": "s"},
+        "spec": {"traffic": [{"revisionName": "s-00002", "latestRevision": False, "percent": 100}]},
+        "status": {"latestReadyRevisionName": "s-00003"},
+    }
+    assert pinned_revision(service) == "s-00002"
+    revisions = [revision("s-00001", 1), revision("s-00002", 2), revision("s-00003", 3)]
+    assert revert_target(service, revisions) == "s-00001"
+
+
+def test_label_values_are_made_valid() -> None:
+    assert label_value("Demo OK/deploy!") == "Demo-OK-deploy"
+    assert len(label_value("x" * 100)) == 63
