@@ -1,0 +1,246 @@
+"""Storage, in process: the real Journal, writer thread and reader on real files (no sockets).
+
+Torn tails are checked at every byte offset and bit flips at every bit, on bytes, which is what makes
+"every offset" affordable; test_journal_recovery.py repeats the important cases against real restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vms_adapter.errors import Conflict, Rejected
+from vms_adapter.server import reader, snapshots
+from vms_adapter.server import wal_format as fmt
+from vms_adapter.server.journal import Journal, StorageOptions
+from vms_adapter.server.open_model import OpenModel
+from vms_adapter.server.writer import CommitRequest, CommitWriter, IncomingRecord
+
+TIMEOUT_S = 10.0
+
+
+class Running:
+    """A journal opened in process with its writer thread."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        self.journal = Journal.open(str(path), OpenModel(), StorageOptions(**options))
+        self.writer = CommitWriter(self.journal)
+        self.writer.start()
+
+    def commit(
+        self, key: str, job_id: str | None = None, *types: str, expected: int | None = None
+    ) -> dict[str, Any]:
+        records = [
+            IncomingRecord(type=t, data={"key": key, "part": i}) for i, t in enumerate(types or ("x-a",))
+        ]
+        return self.writer.submit(CommitRequest(job_id, key, expected, records), TIMEOUT_S)
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.journal.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    journal = Running(tmp_path / "j")
+    yield journal
+    journal.close()
+
+
+def segment_bytes(path: Path) -> tuple[str, bytes]:
+    (name,) = reader.list_segments(str(path))
+    return name, (path / name).read_bytes()
+
+
+def transaction_ends(data: bytes, name: str) -> list[int]:
+    scan = reader.scan_segment(data, name)
+    assert scan.damage is None
+    return [tx.end_offset for tx in scan.transactions]
+
+
+def test_records_get_consecutive_seqs_and_jobs_get_readable_ids(running: Running) -> None:
+    first = running.commit("k1", None, "x-a", "x-b")
+    second = running.commit("k2", None, "x-a")
+    assert (first["jobId"], first["seq"], first["version"]) == ("j-00000001", 2, 1)
+    assert (second["jobId"], second["seq"], second["version"]) == ("j-00000002", 3, 1)
+    third = running.commit("k3", "j-00000001", "x-c")
+    assert (third["seq"], third["version"]) == (4, 2)
+
+
+def test_a_repeated_key_returns_the_original_reply_marked_duplicate(running: Running) -> None:
+    original = running.commit("same", None, "x-a")
+    again = running.commit("same", None, "x-a")
+    assert again == {**original, "duplicate": True}
+    assert running.journal.state.last_seq == 1
+
+
+def test_a_stale_expected_version_is_a_conflict_and_writes_nothing(running: Running) -> None:
+    job = running.commit("k1")["jobId"]
+    with pytest.raises(Conflict) as caught:
+        running.commit("k2", job, "x-a", expected=0)
+    assert caught.value.current_version == 1
+    assert running.journal.state.last_seq == 1
+    assert running.commit("k3", job, "x-a", expected=1)["version"] == 2
+
+
+def test_read_and_list_show_the_model_view_plus_the_storage_version(running: Running) -> None:
+    job = running.commit("k1", None, "x-a", "x-b")["jobId"]
+    running.commit("k2", None, "x-a")
+    view = running.journal.read_job(job)
+    assert view["version"] == 1
+    assert [r["type"] for r in view["records"]] == ["x-a", "x-b"]
+    page = running.journal.list_jobs({}, None, 1)
+    assert [j["jobId"] for j in page["jobs"]] == [job]
+    assert page["jobs"][0]["version"] == 1
+    rest = running.journal.list_jobs({}, page["next"], 10)
+    assert [j["jobId"] for j in rest["jobs"]] == ["j-00000002"]
+    assert rest["next"] is None
+    with pytest.raises(Rejected) as caught:
+        running.journal.read_job("j-99999999")
+    assert caught.value.code == "NOT_FOUND"
+
+
+def test_state_and_keys_survive_reopening_with_and_without_a_snapshot(tmp_path: Path) -> None:
+    first = Running(tmp_path / "j", snapshot_every=3)
+    replies = [first.commit(f"k{i}", None, "x-a") for i in range(7)]
+    first.close()  # the writer took snapshots on the way
+    assert snapshots.list_snapshots(str(tmp_path / "j"))
+    for drop_snapshots in (False, True):
+        if drop_snapshots:
+            for _, name in snapshots.list_snapshots(str(tmp_path / "j")):
+                os.remove(tmp_path / "j" / name)
+        again = Running(tmp_path / "j", snapshot_every=3)
+        try:
+            assert again.journal.state.last_seq == 7
+            assert again.commit("k4", None, "x-a") == {**replies[4], "duplicate": True}
+            assert again.journal.read_job("j-00000003")["records"][0]["data"] == {"key": "k2", "part": 0}
+        finally:
+            again.close()
+    third = Running(tmp_path / "j")
+    try:
+        assert third.commit("new", None, "x-a")["jobId"] == "j-00000008", "the job counter must persist"
+    finally:
+        third.close()
+
+
+def test_segments_are_cut_at_the_size_limit_and_replayed_in_order(tmp_path: Path) -> None:
+    first = Running(tmp_path / "j", segment_bytes=400)
+    for i in range(12):
+        first.commit(f"k{i}", None, "x-a")
+    first.close()
+    names = reader.list_segments(str(tmp_path / "j"))
+    assert len(names) > 2
+    assert all(fmt.SEGMENT_NAME.match(n) and n.count(".") == 1 for n in names)
+    seqs: list[int] = []
+    reader.replay(
+        str(tmp_path / "j"), lambda tx: seqs.extend(r.seq for r in tx.records), mode=reader.READ_ONLY
+    )
+    assert seqs == list(range(1, 13))
+
+
+def test_expired_idempotency_keys_are_forgotten(tmp_path: Path) -> None:
+    first = Running(tmp_path / "j", key_retention_s=1e-6)
+    original = first.commit("k")
+    assert first.journal.state.keys  # kept until pruned
+    first.close()
+    again = Running(tmp_path / "j", key_retention_s=1e-6)
+    try:
+        assert not again.journal.state.keys
+        assert again.commit("k")["seq"] == original["seq"] + 1
+    finally:
+        again.close()
+
+
+def test_truncation_at_every_byte_offset_recovers_exactly_the_complete_transactions(running: Running) -> None:
+    for i in range(4):
+        running.commit(f"k{i}", None, *(["x-a", "x-b"] if i % 2 else ["x-a"]))
+    name, data = segment_bytes(Path(running.journal.data_dir))
+    ends = transaction_ends(data, name)
+    assert len(ends) == 4 and ends[-1] == len(data)
+    for cut in range(len(data) + 1):
+        scan = reader.scan_segment(data[:cut], name)
+        complete = [end for end in ends if end <= cut]
+        assert [tx.end_offset for tx in scan.transactions] == complete, cut
+        if cut < fmt.SEGMENT_HEADER_BYTES:
+            assert scan.damage is not None and scan.damage.torn
+        elif cut in ends or cut == fmt.SEGMENT_HEADER_BYTES:
+            assert scan.damage is None, cut
+        else:
+            assert scan.damage is not None and scan.damage.torn, (cut, scan.damage)
+            assert scan.damage.offset == (complete[-1] if complete else fmt.SEGMENT_HEADER_BYTES)
+
+
+def test_a_zero_filled_tail_is_torn_but_garbage_is_corruption(running: Running) -> None:
+    running.commit("k1")
+    name, data = segment_bytes(Path(running.journal.data_dir))
+    zeroed = reader.scan_segment(data + bytes(100), name)
+    assert zeroed.damage is not None and zeroed.damage.torn and zeroed.damage.offset == len(data)
+    garbage = reader.scan_segment(data + b"\x00" * 20 + b"garbage" + bytes(20), name)
+    assert garbage.damage is not None and not garbage.damage.torn and garbage.damage.offset == len(data)
+
+
+def test_every_single_bit_flip_is_detected_as_corruption(running: Running) -> None:
+    running.commit("k1", None, "x-a", "x-b")
+    running.commit("k2", None, "x-a")
+    name, data = segment_bytes(Path(running.journal.data_dir))
+    for position in range(len(data)):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[position] ^= 1 << bit
+            scan = reader.scan_segment(bytes(damaged), name)
+            assert scan.damage is not None and not scan.damage.torn, (position, bit, scan.damage)
+            assert scan.damage.offset <= position
+
+
+def test_repair_cuts_a_torn_tail_and_says_what_it_cut(tmp_path: Path) -> None:
+    first = Running(tmp_path / "j")
+    first.commit("k1")
+    first.commit("k2", None, "x-a", "x-b")
+    first.close()
+    name, data = segment_bytes(tmp_path / "j")
+    ends = transaction_ends(data, name)
+    (tmp_path / "j" / name).write_bytes(data[: ends[0] + 7])
+    for _, snap in snapshots.list_snapshots(str(tmp_path / "j")):
+        os.remove(tmp_path / "j" / snap)
+    again = Running(tmp_path / "j")
+    try:
+        assert again.journal.state.last_seq == 1
+        assert any("cut torn tail of 7 bytes" in action for action in again.journal.recovery)
+        assert (tmp_path / "j" / name).stat().st_size == ends[0]
+        assert again.commit("k2", None, "x-a")["seq"] == 2, "a cut transaction was never acknowledged"
+    finally:
+        again.close()
+
+
+def test_corruption_refuses_to_open_and_salvage_keeps_the_sound_prefix(tmp_path: Path) -> None:
+    first = Running(tmp_path / "j", segment_bytes=500)
+    for i in range(9):
+        first.commit(f"k{i}", None, "x-a")
+    first.close()
+    names = reader.list_segments(str(tmp_path / "j"))
+    assert len(names) >= 3
+    victim = tmp_path / "j" / names[1]
+    data = bytearray(victim.read_bytes())
+    ends = transaction_ends(bytes(data), names[1])
+    assert len(ends) >= 2
+    before = len(transaction_ends((tmp_path / "j" / names[0]).read_bytes(), names[0])) + 1
+    data[ends[0] + 20] ^= 0x10  # inside the second transaction of the second segment
+    victim.write_bytes(bytes(data))
+    with pytest.raises(reader.CorruptJournal) as caught:
+        Journal.open(str(tmp_path / "j"), OpenModel(), StorageOptions())
+    assert caught.value.path == str(victim)
+    assert caught.value.offset == ends[0]
+    salvaged = Journal.open(str(tmp_path / "j"), OpenModel(), StorageOptions(), salvage=True)
+    try:
+        assert salvaged.state.last_seq == before  # one record per transaction
+        assert victim.stat().st_size == ends[0]
+        aside = sorted(p.name for p in (tmp_path / "j").iterdir() if p.name.startswith("salvage-"))
+        assert aside and all(n.endswith(".bad") and n.count(".") == 1 for n in aside)
+        assert any("salvaged" in action for action in salvaged.recovery)
+        assert reader.list_segments(str(tmp_path / "j"))[-1] == names[1]
+    finally:
+        salvaged.close()
