@@ -1,0 +1,33 @@
+"""Shared, module-scoped real parts for the function tests (start-ups are the expensive bit)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from functions_harness import EventSink, JournalProcess, write_tokens
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("functions")
+
+
+@pytest.fixture(scope="module")
+def tokens(workdir: Path) -> Path:
+    return write_tokens(workdir / "tokens.yaml")
+
+
+@pytest.fixture(scope="module")
+def journal(workdir: Path) -> Iterator[JournalProcess]:
+    process = JournalProcess(workdir / "journal", workdir / "journal.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[EventSink]:
+    receiver = EventSink()
+    yield receiver
+    receiver.close()

@@ -1,0 +1,242 @@
+"""Real parts for the function tests: a journal service process, a CloudEvent sink standing in for the
+broker (K_SINK), and a function served by the real functions-framework (gunicorn) in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+from vms_adapter.client import JournalClient
+from xpipe.auth import token_digest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FUNCTIONS_FRAMEWORK = str(BIN / "functions-framework")
+START_TIMEOUT = 30.0
+
+SUBMIT_TOKEN = "submit-token-" + "s" * 24
+RELAY_TOKEN = "relay-token-" + "r" * 24
+ADMIN_TOKEN = "admin-token-" + "a" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_tokens(path: Path) -> Path:
+    entries = [
+        {"name": "magento", "scope": "submit", "sha256": token_digest(SUBMIT_TOKEN)},
+        {"name": "broker", "scope": "relay", "sha256": token_digest(RELAY_TOKEN)},
+        {"name": "ops", "scope": "admin", "sha256": token_digest(ADMIN_TOKEN)},
+    ]
+    path.write_text(json.dumps(entries))  # JSON is YAML
+    return path
+
+
+class JournalProcess:
+    """``python -m vms_adapter.server`` on 127.0.0.1; restartable on the same port and data directory."""
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> JournalProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, *os.environ.get("DEV_JOURNAL", "-m vms_adapter.server").split(),
+             "--data-dir", str(self.data_dir),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+        )  # fmt: skip
+        log.close()
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline().decode()
+            if not line:
+                break
+            match = re.search(r"listening on [\d.]+:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                return self
+        self.stop()
+        raise AssertionError(f"journal did not start; see {self.log_path}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> JournalClient:
+        return JournalClient("127.0.0.1", self.port, retry_deadline=2.0)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+
+class EventSink:
+    """An HTTP receiver standing in for the broker: records every CloudEvent posted to it.
+
+    ``status`` is what it answers (202 by default); set it to a 5xx to play a failing broker.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+        self.status = 202
+        self._changed = threading.Condition()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = sink.status
+                if status < 300:
+                    event = from_http(dict(self.headers.items()), body)
+                    with sink._changed:
+                        sink.events.append(event)
+                        sink._changed.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1})
+        self._thread.start()
+
+    def matching(self, predicate: Callable[[CloudEvent], bool]) -> list[CloudEvent]:
+        with self._changed:
+            return [event for event in self.events if predicate(event)]
+
+    def wait_for(
+        self, predicate: Callable[[CloudEvent], bool], count: int = 1, timeout: float = 10.0
+    ) -> list[CloudEvent]:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: sum(1 for e in self.events if predicate(e)) >= count, timeout)
+            found = [event for event in self.events if predicate(event)]
+        assert ok, f"expected {count} matching events within {timeout}s, got {len(found)}"
+        return found
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class FunctionServer:
+    """One function served by ``functions-framework`` (gunicorn) in a subprocess on a free port."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("XPIPE_", "K_"))}
+        full_env.update({"PYTHONUNBUFFERED": "1", "THREADS": "8", **env})
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [FUNCTIONS_FRAMEWORK, "--target", "handle", "--source", f"functions/{name}/main.py",
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+
+    def wait_until(self, path: str, timeout: float = START_TIMEOUT) -> FunctionServer:
+        """Poll ``path`` until it answers 200; fail with the server's log if it exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.http.get(path, timeout=2.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # poll interval while waiting on a condition with a deadline
+        raise AssertionError(f"{self.name} not answering 200 on {path} within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def post(
+        self,
+        event: CloudEvent,
+        *,
+        token: str | None,
+        structured: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        head, body = to_structured(event) if structured else to_binary(event)
+        all_headers = dict(head)
+        if token is not None:
+            all_headers["X-Token-XPipe"] = token
+        all_headers.update(headers or {})
+        return self.http.post("/", headers=all_headers, content=body)
+
+
+def cloud_event(event_type: str, data: Any, *, source: str = "/tests", **attributes: Any) -> CloudEvent:
+    return CloudEvent(
+        {"type": event_type, "source": source, "id": str(uuid.uuid4()), "datacontenttype": "application/json",
+         **attributes},
+        data,
+    )  # fmt: skip
+
+
+def journal_counts(client: JournalClient) -> tuple[int, int]:
+    """(jobs, last seq): what must stay unchanged when a request is refused."""
+    stats = client.stats()
+    return int(stats["jobs"]), int(stats["lastSeq"])
+
+
+def function_env(journal: JournalProcess, sink: EventSink, tokens: Path, **extra: str) -> dict[str, str]:
+    return {
+        "XPIPE_JOURNAL": journal.address,
+        "XPIPE_TOKENS_FILE": str(tokens),
+        "K_SINK": sink.url,
+        "XPIPE_JOURNAL_RETRY_SECONDS": "0.5",
+        "XPIPE_JOURNAL_TIMEOUT_SECONDS": "5",
+        "XPIPE_PUBLISH_TIMEOUT_SECONDS": "2",
+        **extra,
+    }

@@ -1,0 +1,195 @@
+"""What every XPipe function does around its own work: probes, limits, auth, parsing, logs, errors.
+
+A function module (``functions/<name>/main.py``) builds one ``Endpoint`` at import time — so a broken
+configuration, tokens file or template catalog stops the process before it ever reports ready — and
+hands each request to ``Endpoint.serve`` with its domain handler. ``serve`` answers the health probes,
+refuses what is too large, unauthenticated, forbidden or not a CloudEvent before any domain code runs,
+sheds load beyond ``XPIPE_MAX_IN_FLIGHT`` with 429, tags every log line with the CloudEvent id, and
+turns whatever the handler raises into a status code through ``xpipe.http.status_for``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+
+from vms_adapter.client import JournalClient
+from xpipe import config as configuration
+from xpipe import logs
+from xpipe.auth import HEADER, Caller, Scope, TokenRegistry
+from xpipe.backends.base import ExecutionBackend
+from xpipe.errors import Overloaded
+from xpipe.http import error_response, parse_event, read_body, reply, status_for
+from xpipe.journal import JobJournal
+from xpipe.outbox import Outbox
+from xpipe.templates import Catalog
+
+log = logging.getLogger("xpipe.endpoint")
+
+LIVENESS_PATH = "/health/liveness"
+READINESS_PATH = "/health/readiness"
+JOURNAL_CONNECT_TIMEOUT_SECONDS = 2.0
+
+# A handler returns the reply event (200) or None (202 Accepted).
+Handler = Callable[[CloudEvent, Caller], CloudEvent | None]
+
+
+@dataclass
+class Endpoint:
+    """One function's HTTP front: owns its configuration, token registry, journal and outbox."""
+
+    name: str
+    scope: Scope
+    config: configuration.FunctionConfig
+    tokens: TokenRegistry
+    journal: JobJournal
+    outbox: Outbox
+
+    def __post_init__(self) -> None:
+        self._in_flight = threading.BoundedSemaphore(self.config.max_in_flight)
+
+    @classmethod
+    def from_env(cls, name: str, scope: Scope) -> Endpoint:
+        """Build everything from the environment; raises (and so refuses to start) if anything is wrong."""
+        config = configuration.load()
+        logs.configure(name, config.log_level)
+        client = JournalClient(
+            config.journal_host,
+            config.journal_port,
+            secret=config.journal_secret,
+            tls=_tls_context(config),
+            connect_timeout=min(JOURNAL_CONNECT_TIMEOUT_SECONDS, config.journal_timeout_seconds),
+            read_timeout=config.journal_timeout_seconds,
+            retry_deadline=config.journal_retry_seconds,
+        )
+        endpoint = cls(
+            name=name,
+            scope=scope,
+            config=config,
+            tokens=TokenRegistry.load(config.tokens_file),
+            journal=JobJournal(client),
+            outbox=Outbox(
+                config.sink, timeout_seconds=config.publish_timeout_seconds, overrides=config.ce_overrides
+            ),
+        )
+        log.info(
+            "function configured",
+            extra={"journal": f"{config.journal_host}:{config.journal_port}", "sink": config.sink,
+                   "backend": config.backend, "tokens": len(endpoint.tokens)},
+        )  # fmt: skip
+        return endpoint
+
+    def catalog(self) -> Catalog:
+        """The template catalog, validated now (submit calls this at start-up)."""
+        catalog = Catalog.load(
+            self.config.templates_dir, max_revision_timeout_seconds=self.config.max_revision_timeout_seconds
+        )
+        log.info("template catalog loaded", extra={"templates": catalog.names()})
+        return catalog
+
+    def backend(self) -> ExecutionBackend:
+        """The execution backend named by ``XPIPE_BACKEND`` (the kubernetes client is imported only here)."""
+        return build_backend(self.config)
+
+    def serve(self, request: Request, handler: Handler) -> Response:
+        """Answer one HTTP request to the function (see the module docstring for the order of checks)."""
+        if request.path == LIVENESS_PATH:
+            return Response("ok\n", status=200, mimetype="text/plain")
+        if request.path == READINESS_PATH:
+            return self._readiness()
+        if request.method != "POST":
+            return Response(
+                "CloudEvents are POSTed\n", status=405, mimetype="text/plain", headers={"Allow": "POST"}
+            )
+        if not self._in_flight.acquire(blocking=False):
+            return self._refuse(Overloaded(f"more than {self.config.max_in_flight} requests in flight"), None)
+        try:
+            with logs.event_context(request.headers.get("ce-id")):
+                return self._handle(request, handler)
+        finally:
+            self._in_flight.release()
+
+    def _handle(self, request: Request, handler: Handler) -> Response:
+        started = time.monotonic()
+        caller: Caller | None = None
+        event: CloudEvent | None = None
+        try:
+            if request.content_length is not None and request.content_length > self.config.max_body_bytes:
+                read_body(request, self.config.max_body_bytes)  # raises PayloadTooLarge, reads nothing
+            caller = self.tokens.authorize(request.headers.get(HEADER), self.scope)
+            body = read_body(request, self.config.max_body_bytes)
+            event = parse_event(request, body)
+            with logs.event_context(event["id"]):
+                answer = handler(event, caller)
+                response = reply(answer) if answer is not None else Response(b"", status=202)
+                log.info(
+                    "event handled",
+                    extra={"eventType": event["type"], "status": response.status_code, "caller": caller.name,
+                           "ms": round((time.monotonic() - started) * 1000, 1)},
+                )  # fmt: skip
+                return response
+        except Exception as error:
+            return self._refuse(error, event, caller, started)
+
+    def _refuse(
+        self,
+        error: Exception,
+        event: CloudEvent | None,
+        caller: Caller | None = None,
+        started: float | None = None,
+    ) -> Response:
+        status = status_for(error)
+        extra = {
+            "status": status,
+            "eventType": None if event is None else event["type"],
+            "caller": None if caller is None else caller.name,
+            "reason": f"{type(error).__name__}: {error}",
+        }
+        if started is not None:
+            extra["ms"] = round((time.monotonic() - started) * 1000, 1)
+        if status == 500:
+            log.error("event failed", extra=extra, exc_info=error)
+        elif status >= 500 or status in (409, 429):
+            log.warning("event not handled now; the sender retries", extra=extra)
+        else:
+            log.info("event refused", extra=extra)
+        return error_response(error)
+
+    def _readiness(self) -> Response:
+        try:
+            self.journal.probe()
+        except Exception as error:
+            log.warning(
+                "not ready: journal unreachable", extra={"reason": f"{type(error).__name__}: {error}"}
+            )
+            return Response("journal unavailable\n", status=503, mimetype="text/plain")
+        return Response("ready\n", status=200, mimetype="text/plain")
+
+
+def _tls_context(config: configuration.FunctionConfig) -> ssl.SSLContext | None:
+    if not config.journal_tls:
+        return None
+    cafile = None if config.journal_ca_file is None else str(config.journal_ca_file)
+    return ssl.create_default_context(cafile=cafile)
+
+
+def build_backend(config: configuration.FunctionConfig) -> ExecutionBackend:
+    """The ``local`` or ``knative`` backend, configured from the function's environment."""
+    if config.backend == "knative":
+        from xpipe.backends.knative import KnativeBackend  # noqa: PLC0415 - keeps cold starts fast
+
+        return KnativeBackend(
+            namespace=config.steps_namespace,
+            broker=config.broker,
+            kubeconfig=config.kubeconfig,
+        )
+    from xpipe.backends.local import LocalBackend  # noqa: PLC0415
+
+    return LocalBackend(config.local_step_host)

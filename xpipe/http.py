@@ -1,0 +1,171 @@
+"""HTTP for the functions: reading a CloudEvent safely, the two kinds of answer, and the ONE error mapping.
+
+ARCHITECTURE §5 in code. A function answers either ``200`` with a binary-mode CloudEvent (a *reply*: the
+broker routes it on) or ``202`` with an empty body (accepted, nothing to say). Everything else is an error,
+and which error decides whether Knative redelivers: 400/401/403/413/415/422 are final (nothing was
+written), 409/429/5xx are retried (idempotency keys make the retry safe). ``status_for`` is the only
+place where an exception becomes a status code: the xpipe domain's errors, the journal client's and the
+execution backends'.
+
+The body is never read past ``max_body_bytes``: a ``Content-Length`` above it is refused before reading,
+and a body without one (chunked) is read to one byte past the limit at most.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from cloudevents.conversion import to_binary
+from cloudevents.exceptions import GenericException
+from cloudevents.http import CloudEvent, from_http
+from flask import Request, Response
+
+from vms_adapter import errors as journal
+from xpipe.backends import base as backend
+from xpipe.errors import (
+    Forbidden,
+    MalformedEvent,
+    NotACloudEvent,
+    Overloaded,
+    PayloadTooLarge,
+    RequestError,
+    Unauthenticated,
+    UnprocessableRequest,
+)
+
+log = logging.getLogger("xpipe.http")
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+_READ_CHUNK = 64 * 1024
+
+_REQUEST_STATUS: list[tuple[type[RequestError], int]] = [
+    (MalformedEvent, 400),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (PayloadTooLarge, 413),
+    (NotACloudEvent, 415),
+    (UnprocessableRequest, 422),
+]
+
+
+def status_for(error: BaseException) -> int:
+    """The HTTP status a function answers for ``error`` (and so whether Knative redelivers the event)."""
+    for kind, status in _REQUEST_STATUS:
+        if isinstance(error, kind):
+            return status
+    if isinstance(error, RequestError):
+        return 400
+    if isinstance(error, Overloaded):
+        return 429
+    if isinstance(error, journal.JournalUnavailable):
+        return 429 if error.code == journal.OVERLOADED else 503
+    if isinstance(error, journal.Conflict):
+        return 409  # the job moved on concurrently: redelivery decides again
+    if isinstance(error, journal.AuthenticationFailed):
+        return 503  # our journal secret is wrong: an operator must fix it; keep the event for later
+    if isinstance(error, journal.Rejected):
+        return 413 if error.code == journal.TOO_LARGE else 422
+    if isinstance(error, journal.ProtocolError):
+        return 502
+    if isinstance(error, journal.JournalError):
+        return 503
+    if isinstance(error, backend.BackendUnavailable | backend.Conflict):
+        return 503
+    if isinstance(error, backend.InvalidSpec | backend.NotFound):
+        return 422
+    return 500  # PermissionDenied (RBAC), programming errors: retried, and logged loudly
+
+
+def error_code_for(error: BaseException) -> str:
+    """A short machine-readable name for the error body (``UnknownTemplate``, ``JOURNAL_UNAVAILABLE``)."""
+    if isinstance(error, journal.JournalError):
+        return f"JOURNAL_{error.code}"
+    return type(error).__name__
+
+
+def error_response(error: BaseException) -> Response:
+    """A JSON error body ``{"error", "message"}`` with the mapped status (never a CloudEvent)."""
+    status = status_for(error)
+    message = str(error) if status < 500 or isinstance(error, journal.JournalError) else "internal error"
+    if isinstance(error, backend.BackendError) and status >= 500:
+        message = str(error)
+    body = json.dumps({"error": error_code_for(error), "message": message})
+    return Response(body, status=status, mimetype="application/json")
+
+
+def reply(event: CloudEvent) -> Response:
+    """200 with ``event`` in binary mode: the broker treats it as a new event and routes it."""
+    if "datacontenttype" not in event:
+        event["datacontenttype"] = "application/json"
+    headers, body = to_binary(event)
+    return Response(body, status=200, headers=headers)
+
+
+def accepted() -> Response:
+    """202 with an empty body: done, and nothing to route on."""
+    return Response(b"", status=202)
+
+
+def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The request body, refusing (413) anything over ``max_body_bytes`` without reading all of it."""
+    length = request.content_length
+    if length is not None and length > max_body_bytes:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {max_body_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(min(_READ_CHUNK, max_body_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise PayloadTooLarge(f"body exceeds the limit of {max_body_bytes} bytes")
+    return b"".join(chunks)
+
+
+def _is_cloudevent(request: Request) -> bool:
+    mimetype = (request.mimetype or "").lower()
+    return "ce-specversion" in request.headers or mimetype in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE)
+
+
+def parse_event(request: Request, body: bytes) -> CloudEvent:
+    """The CloudEvent of a request in binary or structured mode; 415 if it is none, 400 if malformed.
+
+    The data must be a JSON object (every xpipe payload is): a JSON array, a string or bytes that are
+    not JSON are a 400.
+    """
+    if not _is_cloudevent(request):
+        raise NotACloudEvent(
+            "not a CloudEvent: send binary mode (ce-* headers) or structured mode "
+            f"(Content-Type: {STRUCTURED_CONTENT_TYPE})"
+        )
+    if (request.mimetype or "").lower() == BATCH_CONTENT_TYPE:
+        raise NotACloudEvent("batched CloudEvents are not accepted: send one event per request")
+    try:
+        event = from_http(dict(request.headers), body)
+    except GenericException as exc:
+        raise MalformedEvent(f"malformed CloudEvent: {_short(exc)}") from None
+    except RecursionError:
+        raise MalformedEvent("malformed CloudEvent: JSON nested too deeply") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MalformedEvent(f"malformed CloudEvent: {_short(exc)}") from None
+    if not isinstance(event.get_data(), dict):
+        raise MalformedEvent("CloudEvent data must be a JSON object")
+    return event
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).replace("\n", " ")
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def event_data(event: CloudEvent) -> dict[str, Any]:
+    """The event's data (``parse_event`` guarantees a JSON object)."""
+    data = event.get_data()
+    assert isinstance(data, dict)
+    return data

@@ -1,0 +1,90 @@
+"""Submitting a pipeline: from ``com.xpipe.pipeline.submit`` to a durable job and its first step run.
+
+Order matters for "bad input changes nothing": the event and its params are validated completely before
+anything happens; the step services are ensured next (idempotent, cached by template digest, so a job is
+never registered whose steps cannot be deployed); only then is ``JOB_REGISTERED`` committed — the single
+point after which the job exists. Its directives (dispatch step 1) go to the outbox, and the reply tells
+the caller the job id. A redelivered submit carries the same idempotency key and gets the same job id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cloudevents.http import CloudEvent
+from pydantic import ValidationError
+
+from xpipe import logs
+from xpipe.auth import Caller
+from xpipe.backends.base import ExecutionBackend
+from xpipe.errors import InvalidParams, MalformedEvent
+from xpipe.events import EXT_JOB, JOB_REGISTERED, PIPELINE_SUBMIT, JobRegistered, PipelineSubmit
+from xpipe.http import event_data
+from xpipe.journal import JobJournal, idempotency_key
+from xpipe.outbox import Outbox
+from xpipe.templates import Catalog, resolve
+
+log = logging.getLogger("xpipe.submission")
+
+REPLY_SOURCE = "/xpipe/submit"
+REGISTERED_STATE = "PENDING"
+
+
+def parse_submit(event: CloudEvent) -> PipelineSubmit:
+    """The submit payload; a wrong type or shape is a 400, a param value of no JSON scalar type a 422."""
+    if event["type"] != PIPELINE_SUBMIT:
+        raise MalformedEvent(f"submit accepts {PIPELINE_SUBMIT} events, not {event['type']!r}")
+    try:
+        return PipelineSubmit.model_validate(event_data(event))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first["loc"]]
+        if len(loc) >= 2 and loc[0] == "params":
+            raise InvalidParams(loc[1], "must be a string, number or boolean") from None
+        raise MalformedEvent(f"data.{'.'.join(loc)}: {first['msg']}") from None
+
+
+class Submission:
+    """Validates, ensures step services, registers the job and dispatches its first step."""
+
+    def __init__(
+        self, catalog: Catalog, backend: ExecutionBackend, journal: JobJournal, outbox: Outbox, *, image: str
+    ) -> None:
+        self.catalog = catalog
+        self.backend = backend
+        self.journal = journal
+        self.outbox = outbox
+        self.image = image
+
+    def handle(self, event: CloudEvent, caller: Caller) -> CloudEvent:
+        """Register the job the event asks for; the reply is ``com.xpipe.job.registered``."""
+        submit = parse_submit(event)
+        template = self.catalog.get(submit.template)
+        job = resolve(template, submit.params, requested_by=submit.requested_by, default_image=self.image)
+        for service in job.services:
+            self.backend.ensure_step_service(service)
+        committed = self.journal.register(job.plan, key=idempotency_key(event["source"], event["id"]))
+        logs.bind_job(committed.job_id)
+        log.info(
+            "job registered",
+            extra={"template": template.name, "duplicate": committed.duplicate, "seq": committed.seq,
+                   "caller": caller.name},
+        )  # fmt: skip
+        self.outbox.deliver(committed.directives, self.journal)
+        registered = JobRegistered(
+            job_id=committed.job_id,
+            state=committed.state or REGISTERED_STATE,
+            journal_seq=committed.seq,
+        )
+        return CloudEvent(
+            {
+                "type": JOB_REGISTERED,
+                "source": REPLY_SOURCE,
+                # Stable per job, so a redelivered submit's reply is deduplicated downstream.
+                "id": f"{committed.job_id}/registered",
+                "subject": committed.job_id,
+                "datacontenttype": "application/json",
+                EXT_JOB: committed.job_id,
+            },
+            registered.to_json_dict(),
+        )
