@@ -15,9 +15,9 @@ from typing import TextIO
 
 from vms_adapter.server.config import ConfigError, ServerConfig, read_secret
 from vms_adapter.server.front import JournalFront
+from vms_adapter.server.jobs import JobStateMachine
 from vms_adapter.server.journal import Journal
 from vms_adapter.server.model import JobModel
-from vms_adapter.server.open_model import OpenModel
 from vms_adapter.server.operations import Operations
 from vms_adapter.server.reader import CorruptJournal
 from vms_adapter.server.writer import CommitWriter
@@ -33,7 +33,7 @@ SHUTDOWN_GRACE_S = 10.0
 
 def build_model() -> JobModel:
     """The job model the service runs: the ONE place it is chosen."""
-    return OpenModel()
+    return JobStateMachine()
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
