@@ -353,7 +353,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    layout = StackLayout(Path(args.data_dir or os.environ.get("XPIPE_DATA_DIR") or ".xpipe"), args.base_port)
+    templates = args.templates_dir or os.environ.get("XPIPE_TEMPLATES_DIR")
+    layout = StackLayout(
+        Path(args.data_dir or os.environ.get("XPIPE_DATA_DIR") or ".xpipe"),
+        args.base_port,
+        Path(templates) if templates else None,
+    )
     return up(layout, token=args.token, ping_interval_s=args.ping_interval, stop=stop)
 
 
@@ -520,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--token", help="accept this X-Token-XPipe with every scope (development)")
     up.add_argument("--ping-interval", type=float, default=5.0, help="seconds between sweep ticks (dev)")
+    up.add_argument("--templates-dir", help="pipeline templates (XPIPE_TEMPLATES_DIR; default: built-in)")
 
     def output(p: argparse.ArgumentParser) -> None:
         p.add_argument("--output", "-o", choices=("table", "json"), default="table")

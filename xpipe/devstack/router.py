@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -152,8 +152,11 @@ class Router:
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_pending: int = DEFAULT_MAX_PENDING,
+        delivery_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.topology = topology
+        # Extra headers on every delivery (xpipe up: the X-Token-XPipe the functions demand); never logged.
+        self._delivery_headers = dict(delivery_headers or {})
         self.stats: Counter[str] = Counter()
         self._max_in_flight = max_in_flight
         self._max_pending = max_pending
@@ -311,9 +314,8 @@ class Router:
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Attempt:
         assert self._client is not None
-        async with self._client.stream(
-            "POST", url, headers={**headers, "Prefer": "reply"}, content=body
-        ) as resp:
+        sent = {**self._delivery_headers, **headers, "Prefer": "reply"}
+        async with self._client.stream("POST", url, headers=sent, content=body) as resp:
             chunks: list[bytes] = []
             size = 0
             async for chunk in resp.aiter_bytes():
@@ -554,6 +556,23 @@ class RouterThread:
 # command line ---------------------------------------------------------------------------------------------
 
 
+def read_header_file(path: Path) -> dict[str, str]:
+    """``Name: value`` lines; the values are secrets, so errors name the line, never its content."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DevstackError(f"cannot read {path}: {exc.strerror}") from None
+    headers: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip() or not value.strip():
+            raise DevstackError(f"{path} line {number}: expected 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
 def _service_entry(text: str) -> tuple[str, str]:
     name, sep, url = text.partition("=")
     if not sep or not name or not url:
@@ -580,6 +599,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ping-interval", type=float, default=None, help="seconds; replaces every schedule")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
     parser.add_argument(
+        "--delivery-headers-file", type=Path, help="'Name: value' lines added to every delivery (secret)"
+    )
+    parser.add_argument(
         "--max-timeout", type=float, default=DEFAULT_ATTEMPT_TIMEOUT_S, help="cap of any attempt, s"
     )
     args = parser.parse_args(argv)
@@ -602,8 +624,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
+    try:
+        headers = read_header_file(args.delivery_headers_file) if args.delivery_headers_file else {}
+    except DevstackError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
     sock = bind(args.host, args.port)
-    router = Router(topology, max_in_flight=args.max_in_flight)
+    router = Router(topology, max_in_flight=args.max_in_flight, delivery_headers=headers)
     server = _server(router)
     _emit(
         "start",

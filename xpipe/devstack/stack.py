@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 import xpipe
-from xpipe.auth import SCOPES, token_digest
+from xpipe.auth import HEADER, token_digest
 from xpipe.devstack.supervisor import ComponentSpec, Supervisor
 
 REPO_ROOT = Path(xpipe.__file__).resolve().parent.parent
@@ -44,6 +44,7 @@ class StackLayout:
 
     data_dir: Path
     base_port: int = DEFAULT_BASE_PORT
+    templates_dir: Path | None = None  # None: the built-in templates
 
     @property
     def router_url(self) -> str:
@@ -73,6 +74,10 @@ class StackLayout:
         return self.data_dir / "tokens.yaml"
 
     @property
+    def delivery_headers_file(self) -> Path:
+        return self.data_dir / "delivery-headers"
+
+    @property
     def token_file(self) -> Path:
         """The development token in clear, readable only by its owner, for the CLI."""
         return self.data_dir / "token"
@@ -98,10 +103,11 @@ def prepare(layout: StackLayout, token: str | None) -> str:
             layout.token_file.read_text().strip() if layout.token_file.exists() else secrets.token_urlsafe(32)
         )
     _write_private(layout.token_file, token + "\n")
-    entries = [
-        {"name": f"xpipe-up-{scope}", "scope": scope, "sha256": token_digest(token)} for scope in SCOPES
-    ]
+    # One digest may appear once: the admin scope is every scope.
+    entries = [{"name": "xpipe-up", "scope": "admin", "sha256": token_digest(token)}]
     _write_private(layout.tokens_file, yaml.safe_dump(entries, sort_keys=False))
+    # The router presents the token on its deliveries to health-relay and rollback (see docs/local-stack.md).
+    _write_private(layout.delivery_headers_file, f"{HEADER}: {token}\n")
     return token
 
 
@@ -115,7 +121,7 @@ def _base_env() -> dict[str, str]:
 def function_env(layout: StackLayout) -> dict[str, str]:
     """The environment ``xpipe.config.load`` reads, pointing at this stack."""
     host, port = layout.journal_address
-    return {
+    env = {
         **_base_env(),
         "XPIPE_JOURNAL": f"{host}:{port}",
         "XPIPE_JOURNAL_SECRET_FILE": str(layout.secret_file.resolve()),
@@ -126,6 +132,9 @@ def function_env(layout: StackLayout) -> dict[str, str]:
         "WORKERS": "1",
         "THREADS": "8",
     }
+    if layout.templates_dir is not None:
+        env["XPIPE_TEMPLATES_DIR"] = str(layout.templates_dir.resolve())
+    return env
 
 
 def component_specs(layout: StackLayout, *, ping_interval_s: float) -> list[ComponentSpec]:
@@ -210,6 +219,8 @@ def component_specs(layout: StackLayout, *, ping_interval_s: float) -> list[Comp
         f"{ping_interval_s:g}",
         "--service",
         f"{STEP_HOST_SERVICE}={layout.step_host_url}",
+        "--delivery-headers-file",
+        str(layout.delivery_headers_file.resolve()),
     ]
     for name in FUNCTIONS:
         router_argv += ["--service", f"{name}={layout.function_url(name)}"]
