@@ -62,7 +62,8 @@ def render(target: Path) -> list[Manifest]:
         check=False,
     )
     if result.returncode != 0:
-        pytest.fail(f"kubectl kustomize {target.relative_to(REPO)} failed:\n{result.stderr}")
+        where = target.relative_to(REPO) if target.is_relative_to(REPO) else target
+        pytest.fail(f"kubectl kustomize {where} failed:\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 

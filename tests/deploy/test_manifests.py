@@ -4,8 +4,11 @@ privilege, only submit is exposed)."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -33,6 +36,7 @@ from .rendering import (
     ident,
     knative_services,
     of_kind,
+    render,
 )
 
 # kubectl here is 1.32; RKE2 clusters for this product run 1.31 or 1.32.
@@ -485,3 +489,57 @@ def test_templates_configmap_carries_the_builtin_templates(rendered: Rendered) -
     )
     for name, text in configmap["data"].items():
         assert isinstance(yaml.safe_load(text), dict), f"{name} is not a YAML mapping"
+
+
+def test_a_site_overlay_replaces_the_secret_templates_and_the_journal_endpoint(tmp_path: Path) -> None:
+    """The way docs/deploy.md keeps real secrets out of this repository: a site overlay elsewhere."""
+    (tmp_path / "secrets").mkdir()
+    digest = "ab" * 32
+    (tmp_path / "secrets" / "tokens.yaml").write_text(
+        f"- name: magento\n  scope: submit\n  sha256: {digest}\n"
+    )
+    (tmp_path / "secrets" / "journal-secret").write_text("site-secret\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [
+                    os.path.relpath(KNATIVE / "overlays" / "prod", tmp_path)
+                ],  # kustomize wants it relative
+                "generatorOptions": {"disableNameSuffixHash": True},
+                "secretGenerator": [
+                    {
+                        "name": "xpipe-tokens",
+                        "namespace": FUNCTIONS_NAMESPACE,
+                        "behavior": "replace",
+                        "files": ["tokens.yaml=secrets/tokens.yaml"],
+                    },
+                    {
+                        "name": "xpipe-journal-secret",
+                        "namespace": FUNCTIONS_NAMESPACE,
+                        "behavior": "replace",
+                        "files": ["secret=secrets/journal-secret"],
+                    },
+                ],
+                "configMapGenerator": [
+                    {
+                        "name": "xpipe-journal",
+                        "namespace": FUNCTIONS_NAMESPACE,
+                        "behavior": "merge",
+                        "literals": ["XPIPE_JOURNAL=vms1.shop.internal:7400"],
+                    }
+                ],
+            }
+        )
+    )
+    docs = render(tmp_path)
+    tokens = find(docs, "Secret", FUNCTIONS_NAMESPACE, "xpipe-tokens", "")
+    assert tokens is not None
+    assert digest in base64.b64decode(tokens["data"]["tokens.yaml"]).decode()
+    secret = find(docs, "Secret", FUNCTIONS_NAMESPACE, "xpipe-journal-secret", "")
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["secret"]) == b"site-secret\n"
+    assert _config_value(docs, "XPIPE_JOURNAL") == "vms1.shop.internal:7400"
+    assert _config_value(docs, "XPIPE_JOURNAL_TLS") == "true"
+    assert len(docs) == len(render(KNATIVE / "overlays" / "prod"))
