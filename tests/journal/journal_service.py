@@ -93,9 +93,9 @@ def spawn(
                 "127.0.0.1",
                 "--port",
                 "0",
-            ]
-            + list(FAST_LIMITS)
-            + extra,
+                *list(FAST_LIMITS),
+                *extra,
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,

@@ -160,17 +160,20 @@ def test_truncation_at_every_byte_offset_recovers_exactly_the_complete_transacti
         running.commit(f"k{i}", None, *(["x-a", "x-b"] if i % 2 else ["x-a"]))
     name, data = segment_bytes(Path(running.journal.data_dir))
     ends = transaction_ends(data, name)
-    assert len(ends) == 4 and ends[-1] == len(data)
+    assert len(ends) == 4
+    assert ends[-1] == len(data)
     for cut in range(len(data) + 1):
         scan = reader.scan_segment(data[:cut], name)
         complete = [end for end in ends if end <= cut]
         assert [tx.end_offset for tx in scan.transactions] == complete, cut
         if cut < fmt.SEGMENT_HEADER_BYTES:
-            assert scan.damage is not None and scan.damage.torn
+            assert scan.damage is not None
+            assert scan.damage.torn
         elif cut in ends or cut == fmt.SEGMENT_HEADER_BYTES:
             assert scan.damage is None, cut
         else:
-            assert scan.damage is not None and scan.damage.torn, (cut, scan.damage)
+            assert scan.damage is not None, cut
+            assert scan.damage.torn, (cut, scan.damage)
             assert scan.damage.offset == (complete[-1] if complete else fmt.SEGMENT_HEADER_BYTES)
 
 
@@ -178,9 +181,13 @@ def test_a_zero_filled_tail_is_torn_but_garbage_is_corruption(running: Running) 
     running.commit("k1")
     name, data = segment_bytes(Path(running.journal.data_dir))
     zeroed = reader.scan_segment(data + bytes(100), name)
-    assert zeroed.damage is not None and zeroed.damage.torn and zeroed.damage.offset == len(data)
+    assert zeroed.damage is not None
+    assert zeroed.damage.torn
+    assert zeroed.damage.offset == len(data)
     garbage = reader.scan_segment(data + b"\x00" * 20 + b"garbage" + bytes(20), name)
-    assert garbage.damage is not None and not garbage.damage.torn and garbage.damage.offset == len(data)
+    assert garbage.damage is not None
+    assert not garbage.damage.torn
+    assert garbage.damage.offset == len(data)
 
 
 def test_every_single_bit_flip_is_detected_as_corruption(running: Running) -> None:
@@ -192,7 +199,8 @@ def test_every_single_bit_flip_is_detected_as_corruption(running: Running) -> No
             damaged = bytearray(data)
             damaged[position] ^= 1 << bit
             scan = reader.scan_segment(bytes(damaged), name)
-            assert scan.damage is not None and not scan.damage.torn, (position, bit, scan.damage)
+            assert scan.damage is not None, (position, bit)
+            assert not scan.damage.torn, (position, bit, scan.damage)
             assert scan.damage.offset <= position
 
 
@@ -239,7 +247,8 @@ def test_corruption_refuses_to_open_and_salvage_keeps_the_sound_prefix(tmp_path:
         assert salvaged.state.last_seq == before  # one record per transaction
         assert victim.stat().st_size == ends[0]
         aside = sorted(p.name for p in (tmp_path / "j").iterdir() if p.name.startswith("salvage-"))
-        assert aside and all(n.endswith(".bad") and n.count(".") == 1 for n in aside)
+        assert aside
+        assert all(n.endswith(".bad") and n.count(".") == 1 for n in aside)
         assert any("salvaged" in action for action in salvaged.recovery)
         assert reader.list_segments(str(tmp_path / "j"))[-1] == names[1]
     finally:
