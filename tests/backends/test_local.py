@@ -1,0 +1,274 @@
+"""The local backend: a real local step host process starting real step processes, over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from xpipe.backends.base import BackendUnavailable, InvalidSpec, NotFound, StepServiceSpec
+from xpipe.backends.local import LocalBackend
+
+IDLE_SECONDS = 1.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+class HeartbeatSink:
+    """Stands in for the local router as K_SINK: remembers the pods that sent heart-beats."""
+
+    def __init__(self) -> None:
+        self.pods: list[str] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                sink.pods.append(body["pod"])
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1})
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@dataclass
+class Host:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_host(*options: str) -> Host:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "xpipe.backends.local_host",
+        "--listen-fd",
+        str(listener.fileno()),
+        *options,
+    ]
+    process = subprocess.Popen(command, pass_fds=[listener.fileno()])
+    listener.close()
+    host = Host(process, f"http://127.0.0.1:{port}")
+    assert httpx.get(f"{host.url}/health/readiness", timeout=15).status_code == 200
+    return host
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[HeartbeatSink]:
+    receiver = HeartbeatSink()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def host(sink: HeartbeatSink) -> Iterator[Host]:
+    running = start_host(
+        "--sink",
+        sink.url,
+        "--idle-seconds",
+        str(IDLE_SECONDS),
+        "--max-processes",
+        "2",
+        "--stop-grace-seconds",
+        "1",
+    )
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture
+def backend(host: Host) -> Iterator[LocalBackend]:
+    client = LocalBackend(host.url, backoff_seconds=0.01)
+    yield client
+    client.close()
+
+
+def python_step(name: str, code: str, digest: str = "d1") -> StepServiceSpec:
+    return StepServiceSpec(
+        name=name,
+        template="local-test",
+        step=name,
+        image="",
+        argv=(sys.executable, "-c", code, "{{ params.arg }}"),
+        env={"GREETING": "hi {{ params.arg }}"},
+        timeout_seconds=60,
+        template_digest=digest,
+        heartbeat_seconds=0.2,
+    )
+
+
+def step_run(host: Host, service: str, arg: str, job: str | None = None, attempt: int = 1) -> httpx.Response:
+    job = job or f"job-{uuid.uuid4().hex[:8]}"
+    headers = {
+        "ce-specversion": "1.0", "ce-type": "com.xpipe.step.run", "ce-source": "/router",
+        "ce-id": str(uuid.uuid4()), "ce-xpipestep": service, "ce-xpipejob": job,
+    }  # fmt: skip
+    data = {"jobId": job, "step": service, "attempt": attempt, "params": {"arg": arg}}
+    return httpx.post(f"{host.url}/", headers=headers, json=data, timeout=60)
+
+
+def replicas(backend: LocalBackend, name: str) -> int:
+    return next(s["replicas"] for s in backend.services() if s["name"] == name)
+
+
+def test_scale_from_zero_on_first_event_and_back_to_zero_when_idle(
+    backend: LocalBackend, host: Host, sink: HeartbeatSink
+) -> None:
+    code = "import os, sys, time; time.sleep(0.5); print(os.environ['GREETING'], sys.argv[1])"
+    assert backend.ensure_step_service(python_step("scaler", code)) is True
+    assert backend.ensure_step_service(python_step("scaler", code)) is False  # same digest: nothing to do
+    assert replicas(backend, "scaler") == 0
+
+    reply = step_run(host, "scaler", "; rm -rf /")
+    assert reply.status_code == 200
+    assert reply.headers["ce-type"] == "com.xpipe.step.finished"
+    finished = reply.json()
+    assert finished["outcome"] == "succeeded"
+    assert "hi ; rm -rf / ; rm -rf /" in finished["summary"]
+    assert replicas(backend, "scaler") == 1  # still warm right after the run
+    first_pod = finished["pod"]
+    assert first_pod in sink.pods  # heart-beats went to K_SINK from that process
+
+    wait_until(lambda: replicas(backend, "scaler") == 0, what="scale to zero after the idle window")
+    report = backend.collect_diagnostics("job-x", ["scaler", "ghost"])
+    entry = report["services"]["scaler"]
+    assert [e["event"] for e in entry["events"]][-2:] == ["scaled up", "scaled down"]
+    assert entry["pods"][0]["state"] == "exited"
+    assert entry["pods"][0]["stoppedByHost"] is True
+    assert "attempt finished" in entry["pods"][0]["logTail"]
+    assert any("ghost" in error for error in report["errors"])
+
+    again = step_run(host, "scaler", "again")  # scaled to zero, so this starts a new process
+    assert again.json()["outcome"] == "succeeded"
+    assert again.json()["pod"] != first_pod
+
+
+def test_duplicate_step_run_is_answered_once(backend: LocalBackend, host: Host, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    code = f"import sys, time; open({str(out)!r}, 'a').write('run\\n'); time.sleep(0.3)"
+    backend.ensure_step_service(python_step("dedupe", code))
+    replies: list[httpx.Response] = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(step_run(host, "dedupe", "x", job="job-dup")))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    later = step_run(host, "dedupe", "x", job="job-dup")
+    assert {r.status_code for r in [*replies, later]} == {200}
+    assert len({r.headers["ce-id"] for r in [*replies, later]}) == 1
+    assert out.read_text() == "run\n"
+
+
+def test_revert_and_restore_change_which_revision_runs(backend: LocalBackend, host: Host) -> None:
+    backend.ensure_step_service(python_step("versions", "print('version one')", digest="v1"))
+    assert backend.ensure_step_service(python_step("versions", "print('version two')", digest="v2")) is True
+    assert "version two" in step_run(host, "versions", "a").json()["summary"]
+
+    state = backend.revert_traffic("xpipe-steps", "versions")
+    assert state.pinned_revision == "versions-00001"
+    assert state.latest_ready_revision == "versions-00002"
+    assert "version one" in step_run(host, "versions", "b").json()["summary"]
+    with pytest.raises(NotFound):
+        backend.revert_traffic("xpipe-steps", "versions")  # nothing older left
+
+    assert backend.restore_traffic("xpipe-steps", "versions").pinned_revision is None
+    assert "version two" in step_run(host, "versions", "c").json()["summary"]
+
+
+def test_process_cap_answers_429_when_every_process_is_busy(backend: LocalBackend, host: Host) -> None:
+    backend.ensure_step_service(python_step("busy", "import time; time.sleep(1.5)"))
+    replies: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: replies.append(step_run(host, "busy", "x"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: replicas(backend, "busy") == 2, what="two busy processes")
+    refused = step_run(host, "busy", "y")
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    for thread in threads:
+        thread.join(60)
+    assert [r.json()["outcome"] for r in replies] == ["succeeded", "succeeded"]
+
+
+def test_bad_requests_and_unknown_services(backend: LocalBackend, host: Host) -> None:
+    assert step_run(host, "no-such-service", "x").status_code == 404
+    assert httpx.post(f"{host.url}/", json={"jobId": "j"}).status_code == 415
+    with pytest.raises(InvalidSpec):
+        backend._request("PUT", "/services/x", json={"name": "x"})  # the host refuses an incomplete spec
+    with pytest.raises(NotFound):
+        backend.revert_traffic("other-namespace", "versions")
+
+
+def test_an_unreachable_host_is_unavailable_and_diagnostics_still_answer() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = LocalBackend(f"http://127.0.0.1:{port}", backoff_seconds=0.01)
+    with pytest.raises(BackendUnavailable):
+        backend.ensure_step_service(python_step("x", "pass"))
+    report = backend.collect_diagnostics("job-1", ["x"])
+    assert report["errors"]
+    backend.close()
+
+
+def test_state_file_keeps_services_across_a_host_restart(tmp_path: Path) -> None:
+    state = tmp_path / "host.json"
+    first = start_host("--state-file", str(state), "--idle-seconds", "5")
+    try:
+        LocalBackend(first.url).ensure_step_service(python_step("kept", "print('kept')"))
+    finally:
+        assert first.stop() == 0
+    second = start_host("--state-file", str(state), "--idle-seconds", "5")
+    try:
+        backend = LocalBackend(second.url)
+        assert backend.ensure_step_service(python_step("kept", "print('kept')")) is False
+        assert "kept" in step_run(second, "kept", "x").json()["summary"]
+    finally:
+        assert second.stop() == 0
