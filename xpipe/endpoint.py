@@ -25,7 +25,7 @@ from xpipe import config as configuration
 from xpipe import logs
 from xpipe.auth import HEADER, Caller, Scope, TokenRegistry
 from xpipe.backends.base import ExecutionBackend
-from xpipe.errors import Overloaded
+from xpipe.errors import ConfigurationError, Overloaded
 from xpipe.http import error_response, parse_event, read_body, reply, status_for
 from xpipe.journal import JobJournal
 from xpipe.outbox import Outbox
@@ -192,4 +192,8 @@ def build_backend(config: configuration.FunctionConfig) -> ExecutionBackend:
         )
     from xpipe.backends.local import LocalBackend  # noqa: PLC0415
 
-    return LocalBackend(config.local_step_host)
+    if config.local_step_host is None:
+        raise ConfigurationError(
+            "XPIPE_LOCAL_STEP_HOST is not set: the local backend needs the step host's URL"
+        )
+    return LocalBackend(config.local_step_host, config.steps_namespace)

@@ -64,8 +64,7 @@ class JournalProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, *os.environ.get("DEV_JOURNAL", "-m vms_adapter.server").split(),
-             "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", "vms_adapter.server", "--data-dir", str(self.data_dir),
              "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
         )  # fmt: skip
@@ -240,3 +239,47 @@ def function_env(journal: JournalProcess, sink: EventSink, tokens: Path, **extra
         "XPIPE_PUBLISH_TIMEOUT_SECONDS": "2",
         **extra,
     }
+
+
+class StepHost:
+    """The local step host (``python -m xpipe.backends.local_host``): runs step services as processes."""
+
+    def __init__(self, sink_url: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "xpipe.backends.local_host", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--sink", sink_url],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.log_path = log_path
+        self.http = httpx.Client(base_url=self.url, timeout=60.0)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"step host exited:\n{log_path.read_text()[-4000:]}")
+            try:
+                if self.http.get("/health/readiness", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # poll interval while waiting on a condition with a deadline
+        raise AssertionError("step host did not become healthy")
+
+    def deliver(self, run: CloudEvent) -> CloudEvent:
+        """Deliver a ``step.run`` as the router would and return the step's ``step.finished`` reply."""
+        headers, body = to_binary(run)
+        response = self.http.post("/", headers=headers, content=body)
+        assert response.status_code == 200, response.text
+        return from_http(dict(response.headers), response.content)
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)

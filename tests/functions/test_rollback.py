@@ -1,0 +1,152 @@
+"""rollback, served by the real functions-framework against a real journal with the local backend: the
+saga the journal directs (start, compensation dispatch, revert, diagnosis) carried out and committed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from functions_harness import (
+    RELAY_TOKEN,
+    SUBMIT_TOKEN,
+    EventSink,
+    FunctionServer,
+    JournalProcess,
+    StepHost,
+    function_env,
+    journal_counts,
+)
+
+from vms_adapter.client import JournalClient
+from xpipe.events import EXT_JOB, EXT_STEP, JOB_DIAGNOSTIC_REQUESTED, JOB_ROLLBACK_REQUESTED, STEP_RUN
+from xpipe.outbox import directive_event
+
+
+@pytest.fixture(scope="module")
+def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
+    host = StepHost(sink.url, workdir / "step-host.log")
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def rollback(
+    journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
+) -> Iterator[FunctionServer]:
+    env = function_env(journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url)
+    server = FunctionServer("rollback", env, workdir / "rollback.log").wait_until("/health/readiness")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(journal: JournalProcess) -> Iterator[JournalClient]:
+    with journal.client() as journal_client:
+        yield journal_client
+
+
+def step(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "service": f"xp-test-{name}", "timeoutSeconds": 60, "retries": 0,
+            "backoffSeconds": 0, "backoffFactor": 1, "heartbeatTimeoutSeconds": 30,
+            "health": {"notReadySeconds": 60, "maxRestarts": 3}, "compensate": None, "revert": None,
+            **extra}  # fmt: skip
+
+
+PLAN = {
+    "template": "rollback-test", "templateDigest": "sha256:test", "params": {}, "requestedBy": "tests",
+    "onFailure": "rollback-and-diagnose",
+    "steps": [
+        step("deploy", compensate={"service": "xp-test-deploy-undo", "timeoutSeconds": 60},
+             revert={"kind": "knative-traffic", "service": "shop", "namespace": "shop"}),
+        step("verify"),
+    ],
+}  # fmt: skip
+
+
+def commit(client: JournalClient, job_id: str | None, record_type: str, data: dict[str, Any]) -> Any:
+    return client.commit(job_id, [{"type": record_type, "data": data}], idempotency_key=f"t {uuid.uuid4()}")
+
+
+def finish(client: JournalClient, job_id: str, step_label: str, outcome: str) -> list[dict[str, Any]]:
+    data = {
+        "step": step_label,
+        "attempt": 1,
+        "outcome": outcome,
+        "exitCode": 0 if outcome == "succeeded" else 1,
+    }
+    return list(commit(client, job_id, "STEP_FINISHED", data).directives)
+
+
+def failed_job(client: JournalClient) -> tuple[str, dict[str, dict[str, Any]]]:
+    """A job whose first step succeeded and second failed for good: rollback and diagnosis requested."""
+    job_id = commit(client, None, "JOB_REGISTERED", PLAN).job_id
+    finish(client, job_id, "deploy", "succeeded")
+    directives = finish(client, job_id, "verify", "failed")
+    by_kind = {d["kind"]: d for d in directives}
+    assert {"rollback", "diagnose"} <= set(by_kind), directives
+    return job_id, by_kind
+
+
+def deliver(rollback: FunctionServer, directive: dict[str, Any], token: str = RELAY_TOKEN) -> int:
+    return rollback.post(directive_event(directive, {}), token=token).status_code
+
+
+def test_the_saga_is_started_compensated_reverted_and_diagnosed(
+    rollback: FunctionServer, client: JournalClient, sink: EventSink
+) -> None:
+    job_id, directives = failed_job(client)
+    assert directives["rollback"]["event"]["type"] == JOB_ROLLBACK_REQUESTED
+    assert deliver(rollback, directives["rollback"]) == 202
+    assert client.read_job(job_id)["state"] == "ROLLING_BACK"
+    # The journal directs the compensation as an ordinary step run, which the function published.
+    (run,) = sink.wait_for(lambda e: e["type"] == STEP_RUN and e.get(EXT_JOB) == job_id)
+    assert (run.get_data() or {})["step"] == "deploy:compensate"
+    assert run[EXT_STEP] == "xp-test-deploy-undo"
+    (revert,) = [d for d in finish(client, job_id, "deploy:compensate", "succeeded") if d["kind"] == "revert"]
+    assert deliver(rollback, revert) == 202
+    (revert_record,) = [h for h in client.read_job(job_id)["history"] if h["type"] == "REVERT_FINISHED"]
+    assert revert_record["data"]["step"] == "deploy"
+    assert revert_record["data"]["outcome"] in ("succeeded", "failed")
+    before = journal_counts(client)
+    assert deliver(rollback, revert) == 202  # redelivered: the revert is not done twice
+    assert journal_counts(client) == before
+    assert directives["diagnose"]["event"]["type"] == JOB_DIAGNOSTIC_REQUESTED
+    assert deliver(rollback, directives["diagnose"]) == 202
+    view = client.read_job(job_id)
+    assert view["diagnosis"]["report"]
+    assert view["finished"] is True
+    assert view["state"] in ("ROLLED_BACK", "ROLLBACK_FAILED")
+
+
+def test_a_duplicate_rollback_request_starts_the_saga_once(
+    rollback: FunctionServer, client: JournalClient
+) -> None:
+    job_id, directives = failed_job(client)
+    assert deliver(rollback, directives["rollback"]) == 202
+    after_first = journal_counts(client)
+    assert deliver(rollback, directives["rollback"]) == 202
+    assert journal_counts(client) == after_first
+    started = [h for h in client.read_job(job_id)["history"] if h["type"] == "ROLLBACK_STARTED"]
+    assert len(started) == 1
+
+
+def test_a_submit_token_may_not_roll_back(rollback: FunctionServer, client: JournalClient) -> None:
+    job_id, directives = failed_job(client)
+    before = journal_counts(client)
+    assert deliver(rollback, directives["rollback"], token=SUBMIT_TOKEN) == 403
+    assert journal_counts(client) == before
+    assert client.read_job(job_id)["state"] == "FAILED"
+
+
+def test_a_directive_without_its_id_is_a_400_that_writes_nothing(
+    rollback: FunctionServer, client: JournalClient
+) -> None:
+    job_id, directives = failed_job(client)
+    broken = {**directives["rollback"], "event": {**directives["rollback"]["event"]}}
+    broken["event"]["data"] = {"jobId": job_id, "reason": "x"}
+    before = journal_counts(client)
+    assert deliver(rollback, broken) == 400
+    assert journal_counts(client) == before
