@@ -358,6 +358,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         Path(args.data_dir or os.environ.get("XPIPE_DATA_DIR") or ".xpipe"),
         args.base_port,
         Path(templates) if templates else None,
+        step_idle_s=args.step_idle_seconds,
+        max_step_processes=args.max_step_processes,
     )
     return up(layout, token=args.token, ping_interval_s=args.ping_interval, stop=stop)
 
@@ -526,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--token", help="accept this X-Token-XPipe with every scope (development)")
     up.add_argument("--ping-interval", type=float, default=5.0, help="seconds between sweep ticks (dev)")
     up.add_argument("--templates-dir", help="pipeline templates (XPIPE_TEMPLATES_DIR; default: built-in)")
+    up.add_argument(
+        "--step-idle-seconds", type=float, default=30.0, help="scale a step service to zero after"
+    )
+    up.add_argument("--max-step-processes", type=int, default=4, help="cap on live step processes")
 
     def output(p: argparse.ArgumentParser) -> None:
         p.add_argument("--output", "-o", choices=("table", "json"), default="table")

@@ -45,6 +45,8 @@ class StackLayout:
     data_dir: Path
     base_port: int = DEFAULT_BASE_PORT
     templates_dir: Path | None = None  # None: the built-in templates
+    step_idle_s: float = 30.0  # a step process idle this long is stopped (scale to zero)
+    max_step_processes: int = 4
 
     @property
     def router_url(self) -> str:
@@ -166,17 +168,23 @@ def component_specs(layout: StackLayout, *, ping_interval_s: float) -> list[Comp
             argv=[
                 python,
                 "-m",
-                "xpipe.backends.local",
+                "xpipe.backends.local_host",
                 "--host",
                 host,
                 "--port",
                 str(layout.base_port + 5),
                 "--sink",
                 layout.router_url,
+                "--idle-seconds",
+                f"{layout.step_idle_s:g}",
+                "--max-processes",
+                str(layout.max_step_processes),
+                "--state-file",
+                str((layout.data_dir / "step-host.json").resolve()),
             ],
             env={**_base_env(), "K_SINK": layout.router_url},
             endpoint=layout.step_host_url,
-            health_url=f"{layout.step_host_url}/healthz",
+            health_url=f"{layout.step_host_url}/health/readiness",
         ),
     ]
     for index, name in enumerate(FUNCTIONS):
