@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 from xpipe.backends.knative_objects import label_value, pinned_revision, revert_target
@@ -42,3 +44,8 @@ def test_a_pinned_service_reverts_from_its_pin() -> None:
 def test_label_values_are_made_valid() -> None:
     assert label_value("Demo OK/deploy!") == "Demo-OK-deploy"
     assert len(label_value("x" * 100)) == 63
+
+
+def test_importing_the_knative_backend_does_not_import_the_kubernetes_client() -> None:
+    code = "import sys, xpipe.backends.knative, xpipe.backends.local; sys.exit('kubernetes' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
