@@ -543,3 +543,30 @@ def test_a_site_overlay_replaces_the_secret_templates_and_the_journal_endpoint(t
     assert _config_value(docs, "XPIPE_JOURNAL") == "vms1.shop.internal:7400"
     assert _config_value(docs, "XPIPE_JOURNAL_TLS") == "true"
     assert len(docs) == len(render(KNATIVE / "overlays" / "prod"))
+
+
+def test_revert_target_example_grants_rollback_get_and_patch_on_services_only() -> None:
+    docs = [
+        d for d in yaml.safe_load_all((KNATIVE / "examples" / "revert-target-rbac.yaml").read_text()) if d
+    ]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    (role,) = of_kind(docs, "Role")
+    grants = {
+        (g, r): set(rule["verbs"])
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    assert grants == {
+        ("serving.knative.dev", "services"): {"get", "patch"},
+        ("serving.knative.dev", "revisions"): {"get", "list"},
+    }
+    (binding,) = of_kind(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "xpipe-rollback", "namespace": "xpipe"}]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
