@@ -74,10 +74,18 @@ class RunningStack:
         token: str | None = None,
         ping_interval_s: float = 1.0,
         templates_dir: Path | None = None,
+        step_idle_s: float = 30.0,
+        max_step_processes: int = 4,
         extra_env: Mapping[str, str] | None = None,
         echo: IO[str] | None = None,
     ) -> None:
-        self.layout = StackLayout(data_dir, base_port or free_base_port(), templates_dir)
+        self.layout = StackLayout(
+            data_dir,
+            base_port or free_base_port(),
+            templates_dir,
+            step_idle_s=step_idle_s,
+            max_step_processes=max_step_processes,
+        )
         self.token = token or uuid.uuid4().hex
         self.ping_interval_s = ping_interval_s
         self._extra_env = dict(extra_env or {})
@@ -95,6 +103,8 @@ class RunningStack:
             sys.executable, "-m", "xpipe.cli", "--data-dir", str(self.layout.data_dir),
             "up", "--base-port", str(self.layout.base_port), "--token", self.token,
             "--ping-interval", f"{self.ping_interval_s:g}",
+            "--step-idle-seconds", f"{self.layout.step_idle_s:g}",
+            "--max-step-processes", str(self.layout.max_step_processes),
         ]  # fmt: skip
         if self.layout.templates_dir is not None:
             argv += ["--templates-dir", str(self.layout.templates_dir)]

@@ -1,0 +1,57 @@
+"""Crashes on a real ``xpipe up``: the journal and a function killed with SIGKILL mid-pipeline, restarted by
+the supervisor; every job still finishes as it would have, and no step attempt runs twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+from xpipe.devstack.running import RunningStack
+
+from .conftest import wait_until
+
+
+def marks(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def assert_each_step_ran_once(job: dict[str, object], path: Path) -> None:
+    job_id = job["jobId"]
+    lines = [line for line in marks(path) if line.startswith(f"{job_id} ")]
+    assert sorted(lines) == sorted(f"{job_id} {step} 1" for step in ("one", "two", "three")), lines
+    finished = Counter(
+        r["data"]["step"]
+        for r in job["history"]
+        if r["type"] == "STEP_FINISHED"  # type: ignore[attr-defined, index]
+    )
+    assert finished == {"one": 1, "two": 1, "three": 1}
+
+
+def test_journal_killed_mid_pipeline_then_restarted(stack: RunningStack, tmp_path: Path) -> None:
+    path = tmp_path / "marks"
+    job_id = stack.submit("e2e-marks", {"marks": str(path), "sleep": "1.5"})
+    wait_until(lambda: any(" one " in line for line in marks(path)), 60, "step one to start")
+    seen = len(stack.lines)
+    os.kill(stack.pid("journal"), signal.SIGKILL)
+    stack.wait_line(r"^journal killed by SIGKILL; restarting", 10, after=seen)
+    stack.wait_line(r"^journal is healthy again", 30, after=seen)
+    job = stack.wait_finished(job_id, 120)
+    assert job["state"] == "SUCCEEDED"
+    assert_each_step_ran_once(job, path)
+
+
+def test_function_killed_mid_request_is_retried_by_the_router(stack: RunningStack, tmp_path: Path) -> None:
+    path = tmp_path / "marks"
+    job_id = stack.submit("e2e-marks", {"marks": str(path), "sleep": "1.5"})
+    wait_until(lambda: any(" two " in line for line in marks(path)), 60, "step two to start")
+    seen = len(stack.lines)
+    # health-relay takes step two's heart-beats and its finished reply: kill its whole process group
+    # (gunicorn master and worker) while step two runs.
+    os.killpg(stack.pid("health-relay"), signal.SIGKILL)
+    stack.wait_line(r"^health-relay killed by SIGKILL; restarting", 10, after=seen)
+    job = stack.wait_finished(job_id, 120)
+    assert job["state"] == "SUCCEEDED"
+    assert_each_step_ran_once(job, path)
+    stack.wait_line(r"^health-relay is healthy again", 30, after=seen)
