@@ -7,6 +7,7 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from xpipe.devstack.running import RunningStack
 
@@ -17,15 +18,11 @@ def marks(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def assert_each_step_ran_once(job: dict[str, object], path: Path) -> None:
+def assert_each_step_ran_once(job: dict[str, Any], path: Path) -> None:
     job_id = job["jobId"]
     lines = [line for line in marks(path) if line.startswith(f"{job_id} ")]
     assert sorted(lines) == sorted(f"{job_id} {step} 1" for step in ("one", "two", "three")), lines
-    finished = Counter(
-        r["data"]["step"]
-        for r in job["history"]
-        if r["type"] == "STEP_FINISHED"  # type: ignore[attr-defined, index]
-    )
+    finished = Counter(r["data"]["step"] for r in job["history"] if r["type"] == "STEP_FINISHED")
     assert finished == {"one": 1, "two": 1, "three": 1}
 
 
