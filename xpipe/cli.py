@@ -41,7 +41,7 @@ from vms_adapter.client import JournalClient
 from vms_adapter.errors import JournalError
 from vms_adapter.server import cli as journal_cli
 from xpipe.devstack.stack import StackLayout, up
-from xpipe.outbox import Outbox
+from xpipe.outbox import directive_event
 from xpipe.templates import BUILTIN_TEMPLATES_DIR, Catalog
 
 EXIT_OK = 0
@@ -436,6 +436,28 @@ def cmd_job(args: argparse.Namespace, console: Console, settings: Settings) -> i
         )
 
 
+def publish_directives(
+    client: JournalClient, sink: str, directives: Sequence[Mapping[str, Any]], console: Console
+) -> None:
+    """Publish a commit's directives to the broker and acknowledge those it accepted, as the functions do.
+    One that fails stays unacknowledged and the journal's next sweep hands it out again."""
+    published: list[str] = []
+    with httpx.Client(timeout=5.0, trust_env=False) as http:
+        for directive in directives:
+            headers, body = to_binary(directive_event(directive, {}))
+            try:
+                accepted = http.post(sink, headers=headers, content=body).is_success
+            except httpx.HTTPError:
+                accepted = False
+            if accepted:
+                published.append(str(directive["id"]))
+            else:
+                console.print(f"directive {directive['id']} not published now; the next sweep redelivers it")
+    if published:
+        with contextlib.suppress(JournalError):  # unacknowledged: redelivered, and receivers deduplicate
+            client.ack(published)
+
+
 def cancel_job(
     client: JournalClient,
     settings: Settings,
@@ -456,16 +478,7 @@ def cancel_job(
         ),
     )
     if result.directives and settings.sink:
-        outbox = Outbox(settings.sink, timeout_seconds=5.0)
-
-        class Acker:
-            def acknowledge(self, ids: Sequence[str]) -> None:
-                client.ack(ids)
-
-        try:
-            outbox.deliver(result.directives, Acker())
-        finally:
-            outbox.close()
+        publish_directives(client, settings.sink, result.directives, console)
     console.print(f"job {job_id} {result.state}")
     return EXIT_OK
 
@@ -595,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_job(args, console, settings)
         return cmd_journal(args, settings)
     except CliError as exc:
-        Console(stderr=True).print(f"[red]xpipe: {exc}[/]")
+        print(f"xpipe: {exc}", file=sys.stderr)  # plain: an error line is never wrapped or styled
         return exc.code
 
 
