@@ -100,6 +100,12 @@ class HostRequestHandler(BaseHTTPRequestHandler):
     server: StepHostServer
     timeout = 30.0
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes; without TCP_NODELAY, Nagle's algorithm and the
+        # client's delayed ACK hold the body back for about 40 ms on every reply.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http", extra={"line": format % args})
 
