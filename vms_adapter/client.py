@@ -103,18 +103,7 @@ def map_exceptions(action: str) -> Iterator[None]:
         ) from None
 
 
-def _recv_exact(sock: socket.socket, count: int, deadline: float) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        sock.settimeout(left)
-        chunk = sock.recv(count - len(chunks))
-        if not chunk:
-            raise JournalUnavailable("the journal closed the connection", code=CONNECTION_LOST)
-        chunks += chunk
-    return bytes(chunks)
+RECV_BYTES = 65536
 
 
 class _Connection:
@@ -123,6 +112,7 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._next_id = 1
+        self._buffer = bytearray()
 
     @classmethod
     def open(
@@ -149,7 +139,22 @@ class _Connection:
         return connection
 
     def _read(self, deadline: float) -> protocol.Frame:
-        return protocol.read_frame(lambda n: _recv_exact(self.sock, n, deadline))
+        return protocol.read_frame(lambda n: self._take(n, deadline))
+
+    def _take(self, count: int, deadline: float) -> bytes:
+        """Exactly ``count`` bytes, reading (buffered) until the deadline."""
+        while len(self._buffer) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(RECV_BYTES)
+            if not chunk:
+                raise JournalUnavailable("the journal closed the connection", code=CONNECTION_LOST)
+            self._buffer += chunk
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
 
     def _hello(self, secret: bytes | None, deadline: float) -> None:
         greeting = self._read(deadline)

@@ -39,7 +39,8 @@ from vms_adapter.server.operations import Operations
 
 log = logging.getLogger("xpipe.journal.front")
 
-ACCEPT_POLL_S = 0.2  # how often the accept loop looks at the stop flag
+ACCEPT_POLL_S = 0.2
+RECV_BYTES = 65536  # how often the accept loop looks at the stop flag
 SERVER_NAME = "xpipe-journal"
 
 
@@ -68,31 +69,41 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.authenticated = False
+        self._buffer = bytearray()
 
     # -- socket primitives, each bounded by a deadline ------------------------------------------------
 
-    def _recv_exact(self, count: int, deadline: Deadline) -> bytes:
-        chunks = bytearray()
-        while len(chunks) < count:
+    def _need(self, count: int, deadline: Deadline) -> None:
+        """Read until the buffer holds ``count`` bytes, within the frame deadline."""
+        while len(self._buffer) < count:
             self.sock.settimeout(deadline.remaining())
-            chunk = self.sock.recv(min(count - len(chunks), 65536))
+            chunk = self.sock.recv(RECV_BYTES)
             if not chunk:
-                raise ConnectionClosed(f"peer closed after {len(chunks)} of {count} bytes")
-            chunks += chunk
-        return bytes(chunks)
+                raise ConnectionClosed(f"peer closed in the middle of a frame ({len(self._buffer)} bytes)")
+            self._buffer += chunk
 
     def _send(self, frame: bytes) -> None:
         self.sock.settimeout(self.front.frame_timeout_s)
         self.sock.sendall(frame)
 
     def _read_frame(self, idle_s: float) -> Frame:
-        self.sock.settimeout(idle_s)
-        first = self.sock.recv(1)  # waiting for a frame to start: the idle time-out applies
-        if not first:
-            raise ConnectionClosed("peer closed")
+        """The next frame; waiting for it to start is bounded by ``idle_s``, the rest by the frame time-out.
+
+        Reads are buffered (one ``recv`` usually brings a whole frame, or several pipelined ones).
+        """
+        if not self._buffer:
+            self.sock.settimeout(idle_s)
+            chunk = self.sock.recv(RECV_BYTES)
+            if not chunk:
+                raise ConnectionClosed("peer closed")
+            self._buffer += chunk
         deadline = Deadline(self.front.frame_timeout_s)
-        header = protocol.decode_header(first + self._recv_exact(protocol.HEADER_BYTES - 1, deadline))
-        body = self._recv_exact(header.body_length, deadline) if header.body_length else b""
+        self._need(protocol.HEADER_BYTES, deadline)
+        header = protocol.decode_header(bytes(self._buffer[: protocol.HEADER_BYTES]))
+        end = protocol.HEADER_BYTES + header.body_length
+        self._need(end, deadline)
+        body = bytes(self._buffer[protocol.HEADER_BYTES : end])
+        del self._buffer[:end]
         return Frame(header.opcode, header.request_id, protocol.decode_body(header, body), header.flags)
 
     def _reply(self, request: Frame, body: dict[str, Any]) -> None:
