@@ -432,7 +432,8 @@ def main() -> int:
             f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
             f"Python {platform.python_version()}"
         )
-        command = f"python bench/journal.py --seconds {args.seconds:g} --levels {args.levels} --systems {args.systems}"
+        options = f"--seconds {args.seconds:g} --levels {args.levels} --systems {args.systems}"
+        command = f"python bench/journal.py {options}"
         section = [
             "## Journal: durable commits (bench/journal.py)",
             "",
