@@ -30,7 +30,8 @@ REVISION_GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 STEP_CONTAINER = "step"
 STEP_PORT = 8080
 # The step runtime stops a command at its time-out and still has to answer: SIGTERM, the grace period,
-# SIGKILL, then the reply. Knative's request time-out is the template's; the runtime's is shorter by this.
+# SIGKILL, then the reply. Knative's request time-out is the template's; the runtime's is shorter by this
+# (or by a fifth of it, for short time-outs).
 RUNTIME_TIMEOUT_MARGIN_SECONDS = 5
 STOP_GRACE_SECONDS = 3
 # The broker's delivery of step.run: retried (idempotent in the runtime), then dead-lettered.
@@ -57,7 +58,7 @@ def step_labels(spec: StepServiceSpec) -> dict[str, str]:
 
 def runtime_args(spec: StepServiceSpec) -> list[str]:
     """The step runtime's arguments: its options, the step's unrendered env, then `--` and the argv."""
-    runtime_timeout = max(1, spec.timeout_seconds - RUNTIME_TIMEOUT_MARGIN_SECONDS)
+    runtime_timeout = spec.timeout_seconds - min(RUNTIME_TIMEOUT_MARGIN_SECONDS, spec.timeout_seconds // 5)
     args = [
         "--heartbeat-seconds",
         f"{spec.heartbeat_seconds:g}",

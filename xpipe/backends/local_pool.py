@@ -32,8 +32,6 @@ log = logging.getLogger("xpipe.backends.local_host")
 LOG_TAIL_LINES = 200
 EXITED_PROCESSES_KEPT = 20
 HOST_EVENTS_KEPT = 500
-# The runtime's own time-out is shorter than the service's, so it can still answer (as in Knative).
-RUNTIME_TIMEOUT_MARGIN_SECONDS = 5
 
 
 def _now() -> str:
@@ -100,14 +98,13 @@ class StepProcess:
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/"
-        runtime_timeout = max(1, spec.timeout_seconds - RUNTIME_TIMEOUT_MARGIN_SECONDS)
         command = [
             sys.executable, "-m", "xpipe.step",
             "--listen-fd", str(listener.fileno()),
             "--service", spec.name,
             "--heartbeat-seconds", f"{spec.heartbeat_seconds:g}",
             "--stop-grace-seconds", f"{stop_grace_seconds:g}",
-            "--timeout-seconds", str(runtime_timeout),
+            "--timeout-seconds", str(spec.timeout_seconds),
         ]  # fmt: skip
         for name, value in sorted(spec.env.items()):
             command += ["--env", f"{name}={value}"]
