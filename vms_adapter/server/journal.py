@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vms_adapter.errors import INTERNAL, NOT_FOUND, JournalError, JournalUnavailable, Rejected
+from vms_adapter.errors import INTERNAL, NOT_FOUND, REJECTED, JournalError, JournalUnavailable, Rejected
 from vms_adapter.server import reader, snapshots
 from vms_adapter.server import wal_format as fmt
-from vms_adapter.server.model import JobModel, NewRecord, Record
+from vms_adapter.server.model import JobModel, ModelRejection, NewRecord, Record
 from vms_adapter.server.segments import DEFAULT_SEGMENT_BYTES, SegmentWriter, StorageFailure
 from vms_adapter.server.state import JournalState
 
@@ -41,6 +41,11 @@ class StorageOptions:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     key_retention_s: float = DEFAULT_KEY_RETENTION_S
+
+
+def rejection(exc: ModelRejection) -> Rejected:
+    """A model's refusal as the error the client gets (its code passed through, e.g. INVALID_TRANSITION)."""
+    return Rejected(exc.message, code=exc.code or REJECTED, details=exc.details)
 
 
 def _lock_directory(data_dir: str) -> Any:
@@ -225,7 +230,10 @@ class Journal:
     def read_job(self, job_id: str) -> dict[str, Any]:
         with self.lock:
             self.check_open()
-            view = self.model.job_view(job_id)
+            try:
+                view = self.model.job_view(job_id)
+            except ModelRejection as exc:
+                raise rejection(exc) from None
             if view is None:
                 raise Rejected(f"no job {job_id!r}", code=NOT_FOUND, details={"jobId": job_id})
             result = dict(view)
@@ -235,7 +243,10 @@ class Journal:
     def list_jobs(self, filters: dict[str, Any], after: str | None, limit: int) -> dict[str, Any]:
         with self.lock:
             self.check_open()
-            jobs, cursor = self.model.list_jobs(filters, after, limit)
+            try:
+                jobs, cursor = self.model.list_jobs(filters, after, limit)
+            except ModelRejection as exc:
+                raise rejection(exc) from None
             page = []
             for summary in jobs:
                 item = dict(summary)

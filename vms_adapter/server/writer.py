@@ -25,13 +25,12 @@ from typing import Any
 from vms_adapter.errors import (
     INTERNAL,
     OVERLOADED,
-    REJECTED,
     Conflict,
     JournalError,
     JournalUnavailable,
     Rejected,
 )
-from vms_adapter.server.journal import Journal
+from vms_adapter.server.journal import Journal, rejection
 from vms_adapter.server.model import ModelRejection, NewRecord, Record
 from vms_adapter.server.segments import StorageFailure
 
@@ -78,9 +77,7 @@ class Pending:
 
 
 def _rejection(exc: ModelRejection) -> Rejected:
-    details = dict(exc.details)
-    details.setdefault("reason", exc.code)
-    return Rejected(exc.message, code=exc.code or REJECTED, details=details)
+    return rejection(exc)
 
 
 def _model_failure(exc: Exception) -> JournalError:
