@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--step-idle-seconds", type=float, default=30.0, help="scale a step service to zero after"
     )
-    up.add_argument("--max-step-processes", type=int, default=4, help="cap on live step processes")
+    up.add_argument("--max-step-processes", type=int, default=8, help="cap on live step processes")
 
     def output(p: argparse.ArgumentParser) -> None:
         p.add_argument("--output", "-o", choices=("table", "json"), default="table")

@@ -30,7 +30,7 @@ from cloudevents.http import CloudEvent, from_http
 from vms_adapter.client import JournalClient
 from xpipe.auth import HEADER
 from xpipe.devstack.errors import DevstackError
-from xpipe.devstack.stack import StackLayout
+from xpipe.devstack.stack import DEFAULT_MAX_STEP_PROCESSES, StackLayout
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
@@ -75,7 +75,7 @@ class RunningStack:
         ping_interval_s: float = 1.0,
         templates_dir: Path | None = None,
         step_idle_s: float = 30.0,
-        max_step_processes: int = 4,
+        max_step_processes: int = DEFAULT_MAX_STEP_PROCESSES,
         extra_env: Mapping[str, str] | None = None,
         echo: IO[str] | None = None,
     ) -> None:

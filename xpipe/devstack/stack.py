@@ -34,6 +34,9 @@ STEP_HOST_SERVICE = "xpipe-step-host"
 DEFAULT_BASE_PORT = 8080
 DEFAULT_DATA_DIR = Path(".xpipe")
 DEFAULT_PING_INTERVAL_S = 5.0
+# Step processes mostly wait on their command; 8 lets demo-ok run 4 jobs at once without queueing (a full
+# host answers 429 and the router retries, which Knative's activator would queue instead).
+DEFAULT_MAX_STEP_PROCESSES = 8
 START_TIMEOUT_S = 60.0
 HOST = "127.0.0.1"
 
@@ -46,7 +49,7 @@ class StackLayout:
     base_port: int = DEFAULT_BASE_PORT
     templates_dir: Path | None = None  # None: the built-in templates
     step_idle_s: float = 30.0  # a step process idle this long is stopped (scale to zero)
-    max_step_processes: int = 4
+    max_step_processes: int = DEFAULT_MAX_STEP_PROCESSES
 
     @property
     def router_url(self) -> str:
