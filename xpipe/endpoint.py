@@ -54,9 +54,11 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         self._in_flight = threading.BoundedSemaphore(self.config.max_in_flight)
+        self._backend: ExecutionBackend | None = None
+        self._backend_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, name: str, scope: Scope) -> Endpoint:
+    def from_env(cls, name: str, scope: Scope, *, needs_backend: bool = False) -> Endpoint:
         """Build everything from the environment; raises (and so refuses to start) if anything is wrong."""
         config = configuration.load()
         logs.configure(name, config.log_level)
@@ -69,14 +71,20 @@ class Endpoint:
             read_timeout=config.journal_timeout_seconds,
             retry_deadline=config.journal_retry_seconds,
         )
+        journal = JobJournal(client)
+        if needs_backend:
+            check_backend(config)
         endpoint = cls(
             name=name,
             scope=scope,
             config=config,
             tokens=TokenRegistry.load(config.tokens_file),
-            journal=JobJournal(client),
+            journal=journal,
             outbox=Outbox(
-                config.sink, timeout_seconds=config.publish_timeout_seconds, overrides=config.ce_overrides
+                config.sink,
+                journal,
+                timeout_seconds=config.publish_timeout_seconds,
+                overrides=config.ce_overrides,
             ),
         )
         log.info(
@@ -95,8 +103,15 @@ class Endpoint:
         return catalog
 
     def backend(self) -> ExecutionBackend:
-        """The execution backend named by ``XPIPE_BACKEND`` (the kubernetes client is imported only here)."""
-        return build_backend(self.config)
+        """The execution backend named by ``XPIPE_BACKEND``, built on first use.
+
+        Built lazily so that the HTTP clients it holds (and the kubernetes client's slow import) neither
+        lengthen the cold start nor get created before gunicorn forks the serving process.
+        """
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = build_backend(self.config)
+            return self._backend
 
     def serve(self, request: Request, handler: Handler) -> Response:
         """Answer one HTTP request to the function (see the module docstring for the order of checks)."""
@@ -178,6 +193,14 @@ def _tls_context(config: configuration.FunctionConfig) -> ssl.SSLContext | None:
         return None
     cafile = None if config.journal_ca_file is None else str(config.journal_ca_file)
     return ssl.create_default_context(cafile=cafile)
+
+
+def check_backend(config: configuration.FunctionConfig) -> None:
+    """Refuse to start when the configured backend lacks a setting it needs (checked without building it)."""
+    if config.backend == "local" and config.local_step_host is None:
+        raise ConfigurationError(
+            "XPIPE_LOCAL_STEP_HOST is not set: the local backend needs the step host's URL"
+        )
 
 
 def build_backend(config: configuration.FunctionConfig) -> ExecutionBackend:

@@ -5,19 +5,27 @@ writes a decision and its directives in one transaction and hands the directives
 reply (or in a ``SWEEP``); a function publishes each directive's ``event`` verbatim, with the directive
 id as the CloudEvent id so receivers deduplicate, and then ``ACK``s the ids that the sink accepted.
 
-A directive the sink refused, or one published but not acknowledged (the function died in between),
-stays unacknowledged: the next sweep hands it out again. Delivery is therefore at least once, never
-lost, and a publish failure is logged rather than failing the request whose facts are already durable.
+Acknowledgements are batched on a background thread: one ``ACK`` (one journal transaction) covers every
+directive published meanwhile by all of the process's request threads, and the request does not wait
+for it. Nothing is lost by that: a directive refused by the sink, or published but never acknowledged
+(the process died first, or the ``ACK`` failed), stays unacknowledged, and the next sweep hands it out
+again; receivers deduplicate on the stable id. Delivery is at least once, and a publish failure is
+logged rather than failing the request whose facts are already durable.
 """
 
 from __future__ import annotations
 
+import atexit
+import http.client
 import logging
+import os
+import ssl
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
@@ -25,6 +33,8 @@ log = logging.getLogger("xpipe.outbox")
 
 # Attributes a directive's event may set besides `data` and its extensions.
 _EVENT_ATTRIBUTES = ("type", "source", "subject", "time", "dataschema")
+MAX_ACK_IDS = 1000  # the journal's limit per ACK
+ACK_FLUSH_SECONDS = 2.0  # how long a stopping process waits for its last acknowledgements
 
 
 class Acknowledger(Protocol):
@@ -43,7 +53,6 @@ class DeliveryReport:
 
     published: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    acknowledged: bool = False
 
 
 def directive_event(directive: Mapping[str, Any], overrides: Mapping[str, str]) -> CloudEvent:
@@ -63,28 +72,152 @@ def directive_event(directive: Mapping[str, Any], overrides: Mapping[str, str]) 
     return CloudEvent(attributes, spec.get("data"))
 
 
+class AckBatcher:
+    """Acknowledges directive ids in batches from one background thread (started on first use).
+
+    The thread is started lazily, and again if the process was forked (gunicorn loads the function in
+    its arbiter and forks the worker), so that it always runs in the process that serves requests.
+    """
+
+    def __init__(self, journal: Acknowledger) -> None:
+        self._journal = journal
+        self._pending: list[str] = []
+        self._in_flight = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.acknowledged = 0
+        atexit.register(self.flush, ACK_FLUSH_SECONDS)
+
+    def add(self, ids: Sequence[str]) -> None:
+        """Queue ids for the next ``ACK``; returns at once."""
+        with self._changed:
+            self._pending.extend(ids)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="xpipe-ack", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued id has been sent (acknowledged or given up); False on time-out."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._pending and not self._in_flight, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._pending))
+                batch, self._pending = self._pending[:MAX_ACK_IDS], self._pending[MAX_ACK_IDS:]
+                self._in_flight = len(batch)
+            try:
+                self._journal.acknowledge(batch)
+                self.acknowledged += len(batch)
+            except Exception as exc:  # the facts are durable; an unacknowledged directive is redelivered
+                log.warning(
+                    "directives published but not acknowledged; the next sweep redelivers them",
+                    extra={
+                        "directives": batch[:20],
+                        "count": len(batch),
+                        "reason": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+            finally:
+                with self._changed:
+                    self._in_flight = 0
+                    self._changed.notify_all()
+
+
+class SinkConnections:
+    """Keep-alive HTTP connections to the sink, one per request thread (``http.client``: light and fast).
+
+    A connection the sink closed while idle fails on reuse; the event is then sent once more on a fresh
+    connection, which is safe because receivers deduplicate on the event id.
+    """
+
+    def __init__(self, sink: str, timeout_seconds: float) -> None:
+        parts = urlsplit(sink)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"sink {sink!r} is not an http(s) URL")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._timeout = timeout_seconds
+        self._local = threading.local()
+        self._context: ssl.SSLContext | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            if self._https:
+                if self._context is None:
+                    self._context = ssl.create_default_context()
+                connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._context
+                )
+            else:
+                connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._local.connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            connection.close()
+
+    def post(self, headers: Mapping[str, str], body: bytes) -> int:
+        """POST ``body``; the sink's status code. ``OSError``/``HTTPException`` when it cannot be reached."""
+        for attempt in (1, 2):
+            connection = self._connection()
+            reused = connection.sock is not None
+            try:
+                connection.request("POST", self._path, body=body, headers=dict(headers))
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                self._drop()
+                if attempt == 1 and reused:
+                    continue  # the sink closed the idle connection: try once on a fresh one
+                raise
+            if response.will_close:
+                self._drop()
+            return response.status
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._drop()
+
+
 class Outbox:
-    """Publishes directives to one sink over a pooled HTTP client and acknowledges what went out."""
+    """Publishes directives to one sink over keep-alive connections and acknowledges what went out."""
 
     def __init__(
-        self, sink: str, *, timeout_seconds: float, overrides: Mapping[str, str] | None = None
+        self,
+        sink: str,
+        journal: Acknowledger,
+        *,
+        timeout_seconds: float,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self.sink = sink
+        self.acks = AckBatcher(journal)
         self._overrides = dict(overrides or {})
-        self._http = httpx.Client(timeout=timeout_seconds, follow_redirects=False)
+        self._connections = SinkConnections(sink, timeout_seconds)
 
     def publish(self, event: CloudEvent) -> None:
         """POST one event in binary mode; ``PublishFailed`` unless the sink answers 2xx."""
         headers, body = to_binary(event)
         try:
-            response = self._http.post(self.sink, headers=headers, content=body)
-        except httpx.HTTPError as exc:
+            status = self._connections.post(headers, body)
+        except (OSError, http.client.HTTPException) as exc:
             raise PublishFailed(f"{type(exc).__name__} posting to the sink") from None
-        if not response.is_success:
-            raise PublishFailed(f"the sink answered {response.status_code}")
+        if not 200 <= status < 300:
+            raise PublishFailed(f"the sink answered {status}")
 
-    def deliver(self, directives: Sequence[Mapping[str, Any]], journal: Acknowledger) -> DeliveryReport:
-        """Publish every directive, then acknowledge those the sink accepted (one ``ACK`` for all)."""
+    def deliver(self, directives: Sequence[Mapping[str, Any]]) -> DeliveryReport:
+        """Publish every directive, then queue the accepted ones for acknowledgement."""
         report = DeliveryReport()
         for directive in directives:
             event = directive_event(directive, self._overrides)
@@ -99,15 +232,9 @@ class Outbox:
                 continue
             report.published.append(directive["id"])
         if report.published:
-            try:
-                journal.acknowledge(report.published)
-                report.acknowledged = True
-            except Exception as exc:  # the facts are durable; an unacknowledged directive is redelivered
-                log.warning(
-                    "directives published but not acknowledged; receivers deduplicate the redelivery",
-                    extra={"directives": report.published, "reason": f"{type(exc).__name__}: {exc}"},
-                )
+            self.acks.add(report.published)
         return report
 
     def close(self) -> None:
-        self._http.close()
+        self.acks.flush(ACK_FLUSH_SECONDS)
+        self._connections.close()

@@ -179,11 +179,11 @@ class HealthRelay:
                 self._commit(f"pod/{health['pod']}", "HEALTH", health, key)
         elif kind == PING:
             directives = self.journal.sweep(redelivery_seconds=self.redelivery_seconds)
-            report = self.outbox.deliver(directives, self.journal)
+            report = self.outbox.deliver(directives)
             log.info("swept", extra={"published": len(report.published), "failed": len(report.failed)})
         else:
             raise MalformedEvent(f"health-relay does not handle {kind!r} events")
 
     def _commit(self, job_id: str, record_type: str, data: dict[str, Any], key: str) -> None:
         committed = self.journal.record(job_id, [{"type": record_type, "data": data}], key=key)
-        self.outbox.deliver(committed.directives, self.journal)
+        self.outbox.deliver(committed.directives)

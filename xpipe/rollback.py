@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -95,7 +96,7 @@ def _directive(
 class Countermeasures:
     """Performs the journal's rollback, revert and diagnose directives and commits their outcomes."""
 
-    def __init__(self, journal: JobJournal, outbox: Outbox, backend: ExecutionBackend) -> None:
+    def __init__(self, journal: JobJournal, outbox: Outbox, backend: Callable[[], ExecutionBackend]) -> None:
         self.journal = journal
         self.outbox = outbox
         self.backend = backend
@@ -141,7 +142,7 @@ class Countermeasures:
             return
         data: dict[str, Any] = {"step": step}
         try:
-            state = self.backend.revert_traffic(namespace, service)
+            state = self.backend().revert_traffic(namespace, service)
         except BackendError as error:
             if error.retryable:
                 raise  # 503: Knative redelivers; the journal times the action out if it never succeeds
@@ -167,10 +168,10 @@ class Countermeasures:
         for step in view.get("steps") or []:
             if isinstance(step, dict) and isinstance(step.get("service"), str):
                 services.append(step["service"])
-        report = self.backend.collect_diagnostics(job_id, services)
+        report = self.backend().collect_diagnostics(job_id, services)
         report.setdefault("pods", directive.get("pods") or [])
         self._commit(job_id, "DIAGNOSTIC_REPORT", {"report": fit_report(report)}, key)
 
     def _commit(self, job_id: str, record_type: str, data: dict[str, Any], key: str) -> None:
         committed = self.journal.record(job_id, [{"type": record_type, "data": data}], key=key)
-        self.outbox.deliver(committed.directives, self.journal)
+        self.outbox.deliver(committed.directives)

@@ -10,13 +10,16 @@ the caller the job id. A redelivered submit carries the same idempotency key and
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
 
 from xpipe import logs
 from xpipe.auth import Caller
-from xpipe.backends.base import ExecutionBackend
+from xpipe.backends.base import ExecutionBackend, StepServiceSpec
 from xpipe.errors import InvalidParams, MalformedEvent
 from xpipe.events import EXT_JOB, JOB_REGISTERED, PIPELINE_SUBMIT, JobRegistered, PipelineSubmit
 from xpipe.http import event_data
@@ -28,6 +31,10 @@ log = logging.getLogger("xpipe.submission")
 
 REPLY_SOURCE = "/xpipe/submit"
 REGISTERED_STATE = "PENDING"
+# How long a step service ensured by this process is trusted before it is ensured again. Ensuring is
+# idempotent but costs a round trip per service (an API server, or the local step host); re-ensuring
+# periodically heals a backend that lost it (a step host restarted without its state file).
+ENSURED_TRUST_SECONDS = 60.0
 
 
 def parse_submit(event: CloudEvent) -> PipelineSubmit:
@@ -48,21 +55,40 @@ class Submission:
     """Validates, ensures step services, registers the job and dispatches its first step."""
 
     def __init__(
-        self, catalog: Catalog, backend: ExecutionBackend, journal: JobJournal, outbox: Outbox, *, image: str
+        self,
+        catalog: Catalog,
+        backend: Callable[[], ExecutionBackend],
+        journal: JobJournal,
+        outbox: Outbox,
+        *,
+        image: str,
     ) -> None:
         self.catalog = catalog
         self.backend = backend
         self.journal = journal
         self.outbox = outbox
         self.image = image
+        self._ensured: dict[tuple[str, str], float] = {}
+        self._ensured_lock = threading.Lock()
+
+    def _ensure(self, services: tuple[StepServiceSpec, ...]) -> None:
+        """Ensure every step service, skipping those this process ensured recently at the same digest."""
+        now = time.monotonic()
+        for service in services:
+            key = (service.name, service.template_digest)
+            with self._ensured_lock:
+                fresh = now - self._ensured.get(key, -ENSURED_TRUST_SECONDS) < ENSURED_TRUST_SECONDS
+            if not fresh:
+                self.backend().ensure_step_service(service)
+                with self._ensured_lock:
+                    self._ensured[key] = now
 
     def handle(self, event: CloudEvent, caller: Caller) -> CloudEvent:
         """Register the job the event asks for; the reply is ``com.xpipe.job.registered``."""
         submit = parse_submit(event)
         template = self.catalog.get(submit.template)
         job = resolve(template, submit.params, requested_by=submit.requested_by, default_image=self.image)
-        for service in job.services:
-            self.backend.ensure_step_service(service)
+        self._ensure(job.services)
         committed = self.journal.register(job.plan, key=idempotency_key(event["source"], event["id"]))
         logs.bind_job(committed.job_id)
         log.info(
@@ -70,7 +96,7 @@ class Submission:
             extra={"template": template.name, "duplicate": committed.duplicate, "seq": committed.seq,
                    "caller": caller.name},
         )  # fmt: skip
-        self.outbox.deliver(committed.directives, self.journal)
+        self.outbox.deliver(committed.directives)
         registered = JobRegistered(
             job_id=committed.job_id,
             state=committed.state or REGISTERED_STATE,

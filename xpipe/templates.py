@@ -20,11 +20,20 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from xpipe.backends.base import DEFAULT_HEARTBEAT_SECONDS, StepServiceSpec, step_service_name
@@ -165,11 +174,24 @@ class Template(TemplateModel):
             seen.add(step.name)
         return value
 
-    @property
+    # Param-independent parts of a resolution, per default image (computed once: submit's hot path).
+    _layouts: dict[str, tuple[tuple[dict[str, Any], ...], tuple[StepServiceSpec, ...]]] = PrivateAttr(
+        default_factory=dict
+    )
+
+    @cached_property
     def digest(self) -> str:
         """A stable digest of the parsed template: identifies the template version a job ran."""
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    def layout(self, default_image: str) -> tuple[tuple[dict[str, Any], ...], tuple[StepServiceSpec, ...]]:
+        """The plan's steps and the step services, which depend on the template only (shared: read-only)."""
+        found = self._layouts.get(default_image)
+        if found is None:
+            found = _layout(self, default_image)
+            self._layouts[default_image] = found
+        return found
 
 
 @dataclass(frozen=True)
@@ -241,11 +263,9 @@ def validate_params(template: Template, params: Mapping[str, object]) -> dict[st
     return resolved
 
 
-def resolve(
-    template: Template, params: Mapping[str, object], *, requested_by: str, default_image: str
-) -> ResolvedJob:
-    """Validate ``params`` and produce the ``JOB_REGISTERED`` plan and the step services to ensure."""
-    values = validate_params(template, params)
+def _layout(
+    template: Template, default_image: str
+) -> tuple[tuple[dict[str, Any], ...], tuple[StepServiceSpec, ...]]:
     digest = template.digest
     steps: list[dict[str, Any]] = []
     services: list[StepServiceSpec] = []
@@ -300,15 +320,24 @@ def resolve(
                 "revert": step.revert.model_dump(mode="json", by_alias=True) if step.revert else None,
             }
         )
+    return tuple(steps), tuple(services)
+
+
+def resolve(
+    template: Template, params: Mapping[str, object], *, requested_by: str, default_image: str
+) -> ResolvedJob:
+    """Validate ``params`` and produce the ``JOB_REGISTERED`` plan and the step services to ensure."""
+    values = validate_params(template, params)
+    steps, services = template.layout(default_image)
     plan = {
         "template": template.name,
-        "templateDigest": digest,
+        "templateDigest": template.digest,
         "params": values,
         "requestedBy": requested_by,
         "onFailure": template.on_failure,
-        "steps": steps,
+        "steps": list(steps),  # shared, read-only step entries: the plan is only serialised
     }
-    return ResolvedJob(plan=plan, services=tuple(services))
+    return ResolvedJob(plan=plan, services=services)
 
 
 def _field_path(loc: Iterable[int | str]) -> str:

@@ -13,8 +13,8 @@ from flask import Request, Response
 from xpipe.endpoint import Endpoint
 from xpipe.rollback import Countermeasures
 
-endpoint = Endpoint.from_env("rollback", scope="relay")
-countermeasures = Countermeasures(endpoint.journal, endpoint.outbox, endpoint.backend())
+endpoint = Endpoint.from_env("rollback", scope="relay", needs_backend=True)
+countermeasures = Countermeasures(endpoint.journal, endpoint.outbox, endpoint.backend)
 
 
 @functions_framework.http

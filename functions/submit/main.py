@@ -13,10 +13,10 @@ from flask import Request, Response
 from xpipe.endpoint import Endpoint
 from xpipe.submission import Submission
 
-endpoint = Endpoint.from_env("submit", scope="submit")
+endpoint = Endpoint.from_env("submit", scope="submit", needs_backend=True)
 submission = Submission(
     endpoint.catalog(),
-    endpoint.backend(),
+    endpoint.backend,
     endpoint.journal,
     endpoint.outbox,
     image=endpoint.config.step_image,

@@ -224,9 +224,14 @@ def cloud_event(event_type: str, data: Any, *, source: str = "/tests", **attribu
 
 
 def journal_counts(client: JournalClient) -> tuple[int, int]:
-    """(jobs, last seq): what must stay unchanged when a request is refused."""
+    """(job ids, committed idempotency keys): what must stay unchanged when a request is refused.
+
+    Every fact a function commits carries an idempotency key, so a refused or deduplicated request
+    leaves both numbers unchanged. ``lastSeq`` is no measure: acknowledgements of earlier requests'
+    directives are batched in the background and may land at any time (they carry no key).
+    """
     stats = client.stats()
-    return int(stats["jobs"]), int(stats["lastSeq"])
+    return int(stats["jobs"]), int(stats["idempotencyKeys"])
 
 
 def function_env(journal: JournalProcess, sink: EventSink, tokens: Path, **extra: str) -> dict[str, str]:
@@ -283,3 +288,15 @@ class StepHost:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+def wait_for_directive(client: JournalClient, job_id: str, directive_id: str, status: str) -> None:
+    """Acknowledgements are batched in the background: wait (bounded) until the journal shows ``status``."""
+    deadline = time.monotonic() + 10.0
+    seen = None
+    while time.monotonic() < deadline:
+        seen = {d["id"]: d["status"] for d in client.read_job(job_id)["directives"]}.get(directive_id)
+        if seen == status:
+            return
+        time.sleep(0.02)  # poll interval while waiting on a condition with a deadline
+    raise AssertionError(f"directive {directive_id} of {job_id} is {seen!r}, not {status!r}, after 10 s")

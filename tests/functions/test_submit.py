@@ -23,6 +23,7 @@ from functions_harness import (
     cloud_event,
     function_env,
     journal_counts,
+    wait_for_directive,
 )
 
 from vms_adapter.client import JournalClient
@@ -79,8 +80,7 @@ def test_submit_registers_the_job_replies_binary_and_dispatches_step_one(
     assert view["requestedBy"] == "magento:admin"
     (run,) = sink.wait_for(lambda e: e["type"] == STEP_RUN and e.get(EXT_JOB) == data["jobId"])
     assert run.get(EXT_STEP) == "demo-ok-prepare"
-    statuses = {d["id"]: d["status"] for d in client.read_job(data["jobId"])["directives"]}
-    assert statuses[run["id"]] == "acked"
+    wait_for_directive(client, data["jobId"], run["id"], "acked")
 
 
 def test_the_same_submit_delivered_twice_registers_one_job(

@@ -1,0 +1,369 @@
+"""Benchmark of the functions: submit against a no-op function, same server, same settings, same client.
+
+    .venv/bin/python bench/functions.py [--seconds 8] [--concurrency 8] [--cold-starts 5] [--no-write]
+
+Starts a real journal service (durable commits: fsync before every acknowledgement), the local step
+host and a CloudEvent sink on 127.0.0.1, then serves submit and a no-op ``@functions_framework.http``
+function (bench/noop_function.py) with the same functions-framework/gunicorn settings (1 worker,
+``THREADS`` threads). One load generator (``--concurrency`` threads, one keep-alive connection each)
+posts binary-mode CloudEvents to each for ``--seconds`` and reports throughput and p50/p99 latency.
+Cold start is measured as process start to first 2xx (``GET /health/liveness`` for the functions,
+``GET /`` for the no-op), median of ``--cold-starts`` runs. Results go to stdout and, unless
+``--no-write``, to the "Functions" section of docs/benchmarks.md.
+
+Targets (issue 6): submit >= 0.6x the no-op's throughput; every cold start <= 1.5x the no-op's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xpipe.auth import token_digest  # noqa: E402
+
+FUNCTIONS_FRAMEWORK = str(Path(sys.executable).parent / "functions-framework")
+TOKEN = "bench-token-" + "b" * 24
+SECTION_START = "<!-- functions-bench:start -->"
+SECTION_END = "<!-- functions-bench:end -->"
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_http(url: str, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> float:
+    """Poll ``url`` until it answers 2xx; returns the monotonic time of that answer."""
+    end = time.monotonic() + deadline_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < end:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{url}: process exited with {process.returncode}")
+            try:
+                if client.get(url).is_success:
+                    return time.monotonic()
+            except httpx.TransportError:
+                pass
+            time.sleep(0.005)
+    raise RuntimeError(f"{url} did not answer 2xx within {deadline_s}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+class Sink:
+    """A minimal broker stand-in: accepts every CloudEvent with 202."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_journal(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vms_adapter.server", "--data-dir", str(data_dir), "--host", "127.0.0.1",
+         "--port", "0", "--log-level", "WARNING"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert process.stdout is not None
+    end = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < end:
+        match = re.search(r"listening on ([\d.]+:\d+)", process.stdout.readline().decode())
+        if match:
+            return process, match.group(1)
+    stop(process)
+    raise RuntimeError("journal did not start")
+
+
+def serve(source: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [FUNCTIONS_FRAMEWORK, "--target", "handle", "--source", source, "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants (Linux /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pending.extend(int(child) for child in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def submit_request() -> tuple[dict[str, str], bytes]:
+    headers = {
+        "ce-specversion": "1.0", "ce-type": "com.xpipe.pipeline.submit", "ce-source": "/bench",
+        "ce-id": str(uuid.uuid4()), "content-type": "application/json", "X-Token-XPipe": TOKEN,
+    }  # fmt: skip
+    body = json.dumps(
+        {"template": "demo-ok", "params": {"message": "bench"}, "requestedBy": "bench"}
+    ).encode()
+    return headers, body
+
+
+def load(url: str, seconds: float, concurrency: int) -> dict[str, float]:
+    """``concurrency`` threads post for ``seconds``; throughput and latency percentiles of 2xx answers."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [float("inf")]  # set once every worker is ready
+
+    def worker(index: int) -> None:
+        with httpx.Client(timeout=30.0) as client:
+            client.post(url, headers=submit_request()[0], content=submit_request()[1])  # warm the connection
+            start.wait()
+            while time.monotonic() < stop_at[0]:
+                headers, body = submit_request()
+                began = time.perf_counter()
+                response = client.post(url, headers=headers, content=body)
+                elapsed = time.perf_counter() - began
+                if response.is_success:
+                    latencies[index].append(elapsed)
+                else:
+                    errors[index] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.monotonic()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    flat = sorted(x for per in latencies for x in per)
+    if not flat:
+        raise RuntimeError(f"{url}: no successful requests ({sum(errors)} errors)")
+    return {
+        "requests": len(flat),
+        "errors": sum(errors),
+        "rps": len(flat) / elapsed,
+        "p50_ms": statistics.median(flat) * 1000,
+        "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1000,
+    }
+
+
+def cold_start(source: str, path: str, env: dict[str, str], runs: int) -> float:
+    """Median seconds from process start to the first 2xx on ``path``."""
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        began = time.monotonic()
+        process = serve(source, port, env)
+        try:
+            times.append(wait_http(f"http://127.0.0.1:{port}{path}", START_TIMEOUT_S, process) - began)
+        finally:
+            stop(process)
+    return statistics.median(times)
+
+
+def write_section(text: str) -> Path:
+    path = ROOT / "docs" / "benchmarks.md"
+    section = f"{SECTION_START}\n{text.rstrip()}\n{SECTION_END}\n"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", re.DOTALL)
+    updated = (
+        pattern.sub(lambda _: section, current)
+        if pattern.search(current)
+        else current.rstrip() + "\n\n" + section
+    )
+    path.write_text(updated)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--cold-starts", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads of every function (THREADS)")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    processes: list[subprocess.Popen[bytes]] = []
+    sink = Sink()
+    with tempfile.TemporaryDirectory(prefix="xpipe-bench-") as scratch:
+        work = Path(scratch)
+        try:
+            journal, journal_address = start_journal(work / "journal")
+            processes.append(journal)
+            host_port = free_port()
+            step_host = subprocess.Popen(
+                [sys.executable, "-m", "xpipe.backends.local_host", "--host", "127.0.0.1",
+                 "--port", str(host_port), "--sink", sink.url],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            processes.append(step_host)
+            wait_http(f"http://127.0.0.1:{host_port}/health/readiness", START_TIMEOUT_S, step_host)
+            tokens = work / "tokens.yaml"
+            tokens.write_text(
+                json.dumps([{"name": "bench", "scope": "admin", "sha256": token_digest(TOKEN)}])
+            )
+            base = {k: v for k, v in os.environ.items() if not k.startswith(("XPIPE_", "K_"))}
+            base.update({"WORKERS": "1", "THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"})
+            env = {
+                **base, "XPIPE_JOURNAL": journal_address, "XPIPE_TOKENS_FILE": str(tokens),
+                "K_SINK": sink.url,
+                "XPIPE_BACKEND": "local", "XPIPE_LOCAL_STEP_HOST": f"http://127.0.0.1:{host_port}",
+                "XPIPE_LOG_LEVEL": "WARNING", "XPIPE_MAX_IN_FLIGHT": "64",
+            }  # fmt: skip
+
+            results: dict[str, dict[str, float]] = {}
+            cpu: dict[str, dict[str, float]] = {}
+            for name, source, probe in (
+                ("no-op", "bench/noop_function.py", "/"),
+                ("submit", "functions/submit/main.py", "/health/readiness"),
+            ):
+                port = free_port()
+                server = serve(source, port, env)
+                processes.append(server)
+                wait_http(f"http://127.0.0.1:{port}{probe}", START_TIMEOUT_S, server)
+                watched = {"function": server.pid, "journal": journal.pid, "step host": step_host.pid}
+                cpu_before = {k: process_cpu(pid) for k, pid in watched.items()}
+                own_before = sum(os.times()[:2])
+                results[name] = load(f"http://127.0.0.1:{port}/", args.seconds, args.concurrency)
+                count = results[name]["requests"]
+                cpu[name] = {
+                    k: (process_cpu(pid) - cpu_before[k]) / count * 1000 for k, pid in watched.items()
+                }
+                cpu[name]["client+sink"] = (sum(os.times()[:2]) - own_before) / count * 1000
+                stop(server)
+                print(f"{name:8s} {results[name]['rps']:8.1f} req/s  p50 {results[name]['p50_ms']:6.2f} ms  "
+                      f"p99 {results[name]['p99_ms']:6.2f} ms  ({int(results[name]['requests'])} ok, "
+                      f"{int(results[name]['errors'])} errors)")  # fmt: skip
+                print(
+                    "         CPU ms per request: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu[name].items())
+                )
+
+            colds: dict[str, float] = {}
+            for name, source, path in (
+                ("no-op", "bench/noop_function.py", "/"),
+                ("submit", "functions/submit/main.py", "/health/liveness"),
+                ("health-relay", "functions/health-relay/main.py", "/health/liveness"),
+                ("rollback", "functions/rollback/main.py", "/health/liveness"),
+            ):
+                colds[name] = cold_start(source, path, env, args.cold_starts)
+                print(f"cold start {name:13s} {colds[name] * 1000:7.1f} ms (median of {args.cold_starts})")
+        finally:
+            for process in reversed(processes):
+                stop(process)
+            sink.close()
+
+    ratio = results["submit"]["rps"] / results["no-op"]["rps"]
+    cold_ratios = {name: colds[name] / colds["no-op"] for name in colds if name != "no-op"}
+    print(f"submit / no-op throughput: {ratio:.2f}x (target >= 0.6x)")
+    for name, value in cold_ratios.items():
+        print(f"cold start {name} / no-op: {value:.2f}x (target <= 1.5x)")
+
+    lines = [
+        "## Functions (bench/functions.py)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}: functions-framework/gunicorn, 1 worker, "
+        f"{args.threads} threads; "
+        f"load from one process, {args.concurrency} threads with one keep-alive connection each, "
+        f"{args.seconds:g} s per function; submit registers `demo-ok` (3 step services ensured through the "
+        "local step host, one durable journal commit, the dispatch published to a sink and acknowledged).",
+        "",
+        "| function | requests/s | p50 ms | p99 ms | vs no-op |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("no-op", "submit"):
+        r = results[name]
+        lines.append(
+            f"| {name} | {r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['rps'] / results['no-op']['rps']:.2f}x |"
+        )
+    lines += [
+        "",
+        "CPU per request (ms, user + system, from /proc; the load generator and the sink share one process):",
+        "",
+        "| function | function server | journal | step host | client + sink |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("no-op", "submit"):
+        c = cpu[name]
+        lines.append(
+            f"| {name} | {c['function']:.2f} | {c['journal']:.2f} | {c['step host']:.2f} "
+            f"| {c['client+sink']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Target: submit >= 0.6x the no-op's throughput: **{'met' if ratio >= 0.6 else 'missed'}** "
+        f"({ratio:.2f}x).",
+        "",
+        f"Cold start, process start to first 2xx, median of {args.cold_starts}:",
+        "",
+        "| function | ms | vs no-op |",
+        "|---|---:|---:|",
+        f"| no-op | {colds['no-op'] * 1000:.0f} | 1.00x |",
+    ]
+    lines += [f"| {name} | {colds[name] * 1000:.0f} | {cold_ratios[name]:.2f}x |" for name in cold_ratios]
+    met = all(v <= 1.5 for v in cold_ratios.values())
+    lines += ["", f"Target: every cold start <= 1.5x the no-op's: **{'met' if met else 'missed'}**."]
+    if not args.no_write:
+        print(f"wrote {write_section(chr(10).join(lines))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
