@@ -160,3 +160,43 @@ def test_a_bit_flip_mid_file_refuses_start_and_salvage_keeps_the_sound_prefix(
     assert salvaged.stop() == 0
     assert "salvaged" in salvaged.stderr()
     assert list(data_dir.glob("salvage-*.bad"))
+
+
+def test_sigterm_under_load_answers_or_refuses_every_commit_and_loses_none(
+    tmp_path: Path, servers: list[JournalServer]
+) -> None:
+    data_dir = tmp_path / "j"
+    server = start(data_dir)
+    servers.append(server)
+    acknowledged: dict[str, int] = {}
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def load(n: int) -> None:
+        with server.client(retry_deadline=0.5, pool_size=1) as client:
+            for i in range(10_000):
+                key = f"t{n}-{i}"
+                try:
+                    seq = client.commit(
+                        None, [{"type": "x-a", "data": {"key": key}}], idempotency_key=key
+                    ).seq
+                except JournalError:
+                    return
+                with lock:
+                    acknowledged[key] = seq
+                    if len(acknowledged) >= 100:
+                        enough.set()
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    assert enough.wait(LOAD_DEADLINE_S)
+    assert server.stop() == 0, server.stderr()
+    for thread in threads:
+        thread.join(LOAD_DEADLINE_S)
+    assert not any(t.is_alive() for t in threads)
+    committed = {str(line["idempotencyKey"]): line["seq"] for line in dump(data_dir)}
+    with lock:
+        for key, seq in acknowledged.items():
+            assert committed.get(key) == seq, key
+    assert list(data_dir.glob("snap-*.json")), "a clean stop writes a snapshot"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vms_adapter.errors import Conflict, Rejected
+from vms_adapter.errors import Conflict, JournalUnavailable, Rejected
 from vms_adapter.server import reader, snapshots
 from vms_adapter.server import wal_format as fmt
 from vms_adapter.server.journal import Journal, StorageOptions
@@ -253,3 +253,34 @@ def test_corruption_refuses_to_open_and_salvage_keeps_the_sound_prefix(tmp_path:
         assert reader.list_segments(str(tmp_path / "j"))[-1] == names[1]
     finally:
         salvaged.close()
+
+
+def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:
+    stopped: list[str] = []
+    journal = Journal.open(str(tmp_path / "j"), OpenModel(), StorageOptions())
+    writer = CommitWriter(journal, on_fatal=stopped.append)
+    writer.start()
+    try:
+        request = CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})])
+        assert writer.submit(request, TIMEOUT_S)["seq"] == 1
+        fd = journal.segments._fd
+        assert fd is not None
+        os.close(fd)  # the next write fails with a real EBADF from the kernel
+        with pytest.raises(JournalUnavailable):
+            writer.submit(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+        assert stopped
+        assert "write or fsync" in stopped[0]
+        with pytest.raises(JournalUnavailable):
+            writer.submit(CommitRequest(None, "k3", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+        with pytest.raises(JournalUnavailable):
+            journal.read_job("j-00000001")
+    finally:
+        writer.stop()
+        journal.segments._fd = None
+        journal.close()
+    reopened = Running(tmp_path / "j")
+    try:
+        assert reopened.journal.state.last_seq == 1
+        assert reopened.commit("k2")["duplicate"] is False
+    finally:
+        reopened.close()
