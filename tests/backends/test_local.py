@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -272,3 +273,30 @@ def test_state_file_keeps_services_across_a_host_restart(tmp_path: Path) -> None
         assert "kept" in step_run(second, "kept", "x").json()["summary"]
     finally:
         assert second.stop() == 0
+
+
+def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
+    backend: LocalBackend, host: Host
+) -> None:
+    backend.ensure_step_service(python_step("crashy", "import sys, time; time.sleep(float(sys.argv[1]))"))
+    replies: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: replies.append(step_run(host, "crashy", "3")))
+    request.start()
+
+    def busy_pid() -> int | None:
+        service = next(s for s in backend.services() if s["name"] == "crashy")
+        return next((p["pid"] for p in service["processes"] if p["state"] == "busy"), None)
+
+    wait_until(lambda: busy_pid() is not None, what="a busy step process")
+    pid = busy_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    request.join(30)
+    assert replies[0].status_code == 503  # retried by the router; the attempt is idempotent
+    wait_until(lambda: replicas(backend, "crashy") == 0, what="the dead process to be dropped")
+    entry = backend.collect_diagnostics("job-crash", ["crashy"])["services"]["crashy"]
+    assert entry["restarts"] == 1
+    assert entry["events"][-1]["event"] == "process crashed"
+    assert entry["pods"][-1]["exitCode"] == -signal.SIGKILL
+    # The next delivery starts a fresh process.
+    assert step_run(host, "crashy", "0", job="job-after-crash").status_code == 200

@@ -226,3 +226,11 @@ def test_runtime_refuses_to_start_without_a_command() -> None:
     )
     assert result.returncode == 2
     assert b"no command" in result.stderr
+
+
+def test_malformed_ce_overrides_refuse_to_start() -> None:
+    env = {**os.environ, "K_CE_OVERRIDES": "{not json"}
+    command = [sys.executable, "-m", "xpipe.step", "--", "true"]
+    result = subprocess.run(command, check=False, capture_output=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert b"K_CE_OVERRIDES" in result.stderr

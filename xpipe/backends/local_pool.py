@@ -12,6 +12,7 @@ like a request waiting at Knative's activator during a cold start. A process ser
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ log = logging.getLogger("xpipe.backends.local_host")
 LOG_TAIL_LINES = 200
 EXITED_PROCESSES_KEPT = 20
 HOST_EVENTS_KEPT = 500
+CRASH_SETTLE_SECONDS = 1.0
 
 
 def _now() -> str:
@@ -144,10 +146,15 @@ class StepProcess:
         self.exit_code = self.process.returncode
         return False
 
+    def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` for the process to exit on its own."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
     def stop(self) -> None:
         """SIGTERM (the runtime drains), then SIGKILL if it does not exit within its grace period."""
-        self.stopped_by_host = True
         if self.process.poll() is None:
+            self.stopped_by_host = True  # a process found already dead crashed on its own
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(self.stop_grace_seconds + 5)
@@ -342,6 +349,10 @@ class StepHost:
     def release(self, process: StepProcess, failed: bool = False) -> None:
         """The attempt's reply is back (or the process failed): idle again, or gone."""
         retire = False
+        if failed:
+            # The connection breaks while a dying process is still exiting: give it a moment, so a
+            # crash is recorded as a crash and not as a stop by the host.
+            process.settle(CRASH_SETTLE_SECONDS)
         with self._lock:
             process.busy_with = None
             process.idle_since = time.monotonic()
