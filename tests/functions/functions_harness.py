@@ -111,12 +111,20 @@ class EventSink:
     def __init__(self) -> None:
         self.events: list[CloudEvent] = []
         self.status = 202
+        self.held = 0  # requests waiting at the gate
+        self.gate = threading.Event()  # cleared: every request waits (at most 10 s) until it is set
+        self.gate.set()
         self._changed = threading.Condition()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not sink.gate.is_set():
+                    with sink._changed:
+                        sink.held += 1
+                        sink._changed.notify_all()
+                    sink.gate.wait(10.0)
                 status = sink.status
                 if status < 300:
                     event = from_http(dict(self.headers.items()), body)
@@ -138,6 +146,10 @@ class EventSink:
     def matching(self, predicate: Callable[[CloudEvent], bool]) -> list[CloudEvent]:
         with self._changed:
             return [event for event in self.events if predicate(event)]
+
+    def wait_held(self, count: int = 1, timeout: float = 10.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.held >= count, timeout), "no request reached the gate"
 
     def wait_for(
         self, predicate: Callable[[CloudEvent], bool], count: int = 1, timeout: float = 10.0

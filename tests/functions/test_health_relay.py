@@ -4,6 +4,7 @@ broker (a real HTTP sink) and are acknowledged."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,40 @@ def test_facts_the_journal_cannot_accept_are_final_4xx_and_write_nothing(
     assert response.status_code == status, response.text
     assert response.json()["message"]
     assert journal_counts(client) == before
+
+
+@pytest.fixture(scope="module")
+def narrow_relay(
+    journal: JournalProcess, tokens: Path, workdir: Path
+) -> Iterator[tuple[FunctionServer, EventSink]]:
+    """A relay that handles one request at a time, publishing to a sink whose gate the test controls."""
+    gated = EventSink()
+    env = function_env(journal, gated, tokens, XPIPE_MAX_IN_FLIGHT="1")
+    server = FunctionServer("health-relay", env, workdir / "narrow-relay.log").wait_until("/health/readiness")
+    yield server, gated
+    gated.gate.set()
+    server.stop()
+    gated.close()
+
+
+def test_requests_beyond_the_in_flight_limit_get_429_and_write_nothing(
+    narrow_relay: tuple[FunctionServer, EventSink], client: JournalClient
+) -> None:
+    server, gated = narrow_relay
+    job_id, _ = register(client)
+    gated.gate.clear()
+    answers: list[int] = []
+    busy = threading.Thread(
+        target=lambda: answers.append(server.post(finished(job_id, "prepare"), token=RELAY_TOKEN).status_code)
+    )
+    busy.start()
+    try:
+        gated.wait_held()  # the first request is now publishing, so it is in flight
+        before = journal_counts(client)
+        overflow = server.post(heartbeat(job_id, step="build"), token=RELAY_TOKEN)
+        assert overflow.status_code == 429
+        assert journal_counts(client) == before
+    finally:
+        gated.gate.set()
+        busy.join(timeout=20)
+    assert answers == [202]
