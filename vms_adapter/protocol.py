@@ -93,7 +93,7 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     if not isinstance(body, Mapping):
         raise ProtocolError("a frame body must be a JSON object", code=BAD_REQUEST)
     try:
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        data = _ENCODER.encode(body).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
         raise ProtocolError(f"body is not encodable as JSON: {exc}", code=BAD_REQUEST) from None
     if len(data) > MAX_BODY_BYTES:
@@ -151,6 +151,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once: json.dumps/json.loads with non-default options construct a new coder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+
+
 def decode_body(header: Header, data: bytes) -> dict[str, Any]:
     """Check the CRC and parse the body as a strict JSON object."""
     if len(data) != header.body_length:
@@ -160,7 +165,7 @@ def decode_body(header: Header, data: bytes) -> dict[str, Any]:
         raise ProtocolError(f"body CRC-32 is 0x{crc:08x}, the header says 0x{header.crc32:08x}")
     try:
         text = data.decode("utf-8")
-        body = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+        body = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -65,8 +65,11 @@ def header_check(length: int, kind: int) -> int:
     return zlib.crc32(struct.pack(">IBB", length, kind, 0)) & 0xFFFF
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode_entry(kind: int, payload: dict[str, Any]) -> bytes:
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    data = _ENCODER.encode(payload).encode("utf-8")
     if len(data) > MAX_ENTRY_BYTES:
         raise ValueError(f"journal entry of {len(data)} bytes exceeds {MAX_ENTRY_BYTES}")
     return ENTRY_HEADER.pack(len(data), kind, 0, header_check(len(data), kind), zlib.crc32(data)) + data
