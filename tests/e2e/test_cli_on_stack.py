@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from xpipe.devstack.running import RunningStack
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def xpipe(stack: RunningStack, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from xpipe.devstack.running import RunningStack
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_three_demo_pipelines_end_as_designed(stack: RunningStack) -> None:

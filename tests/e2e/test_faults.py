@@ -9,9 +9,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from xpipe.devstack.running import RunningStack
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def marks(path: Path) -> list[str]:

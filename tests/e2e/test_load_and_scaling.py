@@ -7,11 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from xpipe.devstack.running import RunningStack
 from xpipe.templates import service_name
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def test_fifty_concurrent_submissions_are_each_registered_exactly_once(stack: RunningStack) -> None:

@@ -7,11 +7,14 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from xpipe.devstack.running import RunningStack
 from xpipe.templates import service_name
 
 from .conftest import wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def process_groups() -> dict[int, int]:
