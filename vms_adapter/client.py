@@ -25,6 +25,7 @@ from typing import Any
 
 from vms_adapter import protocol
 from vms_adapter.errors import (
+    BAD_FRAME,
     BAD_REQUEST,
     CONNECT_FAILED,
     CONNECTION_LOST,
@@ -293,7 +294,7 @@ class JournalClient:
         try:
             encoded = protocol.encode_body(body)
         except ProtocolError as exc:  # the caller's data cannot be sent: a bad request, not a wire fault
-            raise Rejected(exc.message, code=exc.code if exc.code != "BAD_FRAME" else BAD_REQUEST) from None
+            raise Rejected(exc.message, code=exc.code if exc.code != BAD_FRAME else BAD_REQUEST) from None
         budget_end = time.monotonic() + self.retry_deadline
         attempt = 0
         while True:

@@ -27,7 +27,7 @@ class Running:
     """A journal opened in process with its writer thread."""
 
     def __init__(self, path: Path, **options: Any) -> None:
-        self.journal = Journal.open(str(path), OpenModel(), StorageOptions(**options))
+        self.journal = Journal.open(str(path), OpenModel, StorageOptions(**options))
         self.writer = CommitWriter(self.journal)
         self.writer.start()
 
@@ -239,10 +239,10 @@ def test_corruption_refuses_to_open_and_salvage_keeps_the_sound_prefix(tmp_path:
     data[ends[0] + 20] ^= 0x10  # inside the second transaction of the second segment
     victim.write_bytes(bytes(data))
     with pytest.raises(reader.CorruptJournal) as caught:
-        Journal.open(str(tmp_path / "j"), OpenModel(), StorageOptions())
+        Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
     assert caught.value.path == str(victim)
     assert caught.value.offset == ends[0]
-    salvaged = Journal.open(str(tmp_path / "j"), OpenModel(), StorageOptions(), salvage=True)
+    salvaged = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions(), salvage=True)
     try:
         assert salvaged.state.last_seq == before  # one record per transaction
         assert victim.stat().st_size == ends[0]
@@ -257,7 +257,7 @@ def test_corruption_refuses_to_open_and_salvage_keeps_the_sound_prefix(tmp_path:
 
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:
     stopped: list[str] = []
-    journal = Journal.open(str(tmp_path / "j"), OpenModel(), StorageOptions())
+    journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
     writer = CommitWriter(journal, on_fatal=stopped.append)
     writer.start()
     try:
@@ -284,3 +284,23 @@ def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(t
         assert reopened.commit("k2")["duplicate"] is False
     finally:
         reopened.close()
+
+
+def test_a_snapshot_the_model_cannot_load_is_skipped_for_a_full_replay(tmp_path: Path) -> None:
+    first = Running(tmp_path / "j", snapshot_every=2)
+    for i in range(5):
+        first.commit(f"k{i}")
+    first.close()
+    assert snapshots.list_snapshots(str(tmp_path / "j"))
+
+    class PickyModel(OpenModel):
+        def load_state(self, data: dict[str, Any]) -> None:
+            raise ValueError("state format 0 is not 1")
+
+    journal = Journal.open(str(tmp_path / "j"), PickyModel, StorageOptions())
+    try:
+        assert journal.state.last_seq == 5
+        assert journal.read_job("j-00000005")["version"] == 1
+        assert journal.snapshot_seq == 0
+    finally:
+        journal.close()

@@ -31,6 +31,7 @@ from vms_adapter.errors import (
     INTERNAL,
     OVERLOADED,
     UNAUTHORIZED,
+    UNSUPPORTED_VERSION,
     JournalError,
     ProtocolError,
 )
@@ -193,7 +194,7 @@ class Connection:
             return False
         if body.get("protocol") != protocol.PROTOCOL_VERSION:
             error = JournalError(
-                f"this server speaks protocol {protocol.PROTOCOL_VERSION}", code="UNSUPPORTED_VERSION"
+                f"this server speaks protocol {protocol.PROTOCOL_VERSION}", code=UNSUPPORTED_VERSION
             )
             self._error(request.opcode, request.request_id, error)
             return False

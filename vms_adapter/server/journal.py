@@ -85,19 +85,34 @@ class Journal:
 
     @classmethod
     def open(
-        cls, data_dir: str, model: JobModel, options: StorageOptions, *, salvage: bool = False
+        cls,
+        data_dir: str,
+        new_model: Callable[[], JobModel],
+        options: StorageOptions,
+        *,
+        salvage: bool = False,
     ) -> Journal:
-        """Recover the journal in ``data_dir`` (created if missing). ``CorruptJournal`` if damaged."""
+        """Recover the journal in ``data_dir`` (created if missing). ``CorruptJournal`` if damaged.
+
+        ``new_model`` makes an empty model: a snapshot the model cannot load (say, written by an older
+        state format) is skipped and a fresh model rebuilt by replaying the segments instead.
+        """
         os.makedirs(data_dir, exist_ok=True)
-        journal = cls(data_dir, model, options)
+        journal = cls(data_dir, new_model(), options)
         journal._dir_lock = _lock_directory(data_dir)
         snapshots.remove_temporaries(data_dir)
         snap = None if salvage else snapshots.load_newest(data_dir)
         if snap is not None:
-            journal.state.load(snap.state)
-            model.load_state(snap.model)
-            journal.snapshot_seq = snap.last_seq
-            log.info("loaded snapshot at seq %d", snap.last_seq)
+            try:
+                journal.state.load(snap.state)
+                journal.model.load_state(snap.model)
+                journal.snapshot_seq = snap.last_seq
+                log.info("loaded snapshot at seq %d", snap.last_seq)
+            except Exception as exc:
+                log.warning(
+                    "snapshot at seq %d cannot be loaded (%r); replaying every segment", snap.last_seq, exc
+                )
+                journal.state, journal.model, snap = JournalState(), new_model(), None
         result = reader.replay(
             data_dir,
             journal._replay_transaction,

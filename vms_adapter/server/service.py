@@ -61,7 +61,7 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
         print(f"xpipe-journal: {exc}", file=err)
         return EXIT_CONFIG
     try:
-        journal = Journal.open(config.data_dir, build_model(), config.storage, salvage=config.salvage)
+        journal = Journal.open(config.data_dir, build_model, config.storage, salvage=config.salvage)
     except CorruptJournal as exc:
         print(f"xpipe-journal: refusing to start: {exc}", file=err)
         print(
