@@ -276,18 +276,23 @@ def test_state_file_keeps_services_across_a_host_restart(tmp_path: Path) -> None
 
 
 def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
-    backend: LocalBackend, host: Host
+    backend: LocalBackend, host: Host, tmp_path: Path
 ) -> None:
-    backend.ensure_step_service(python_step("crashy", "import sys, time; time.sleep(float(sys.argv[1]))"))
+    code = (
+        "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+        "time.sleep(3 if 'first' in sys.argv[1] else 0)"
+    )
+    backend.ensure_step_service(python_step("crashy", code))
+    command_pid = tmp_path / "first-pid"
     replies: list[httpx.Response] = []
-    request = threading.Thread(target=lambda: replies.append(step_run(host, "crashy", "3")))
+    request = threading.Thread(target=lambda: replies.append(step_run(host, "crashy", str(command_pid))))
     request.start()
 
     def busy_pid() -> int | None:
         service = next(s for s in backend.services() if s["name"] == "crashy")
         return next((p["pid"] for p in service["processes"] if p["state"] == "busy"), None)
 
-    wait_until(lambda: busy_pid() is not None, what="a busy step process")
+    wait_until(lambda: command_pid.exists() and command_pid.read_text() != "", what="the command to run")
     pid = busy_pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -299,4 +304,7 @@ def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
     assert entry["events"][-1]["event"] == "process crashed"
     assert entry["pods"][-1]["exitCode"] == -signal.SIGKILL
     # The next delivery starts a fresh process.
-    assert step_run(host, "crashy", "0", job="job-after-crash").status_code == 200
+    # The command does not outlive its runtime (as in a container): gone well before its 3 s sleep ends.
+    orphan = Path(f"/proc/{command_pid.read_text()}")
+    wait_until(lambda: not orphan.exists(), timeout=2.0, what="the crashed runtime's command to be killed")
+    assert step_run(host, "crashy", str(tmp_path / "second-pid"), job="job-after-crash").status_code == 200

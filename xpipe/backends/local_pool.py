@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import IO, Any
 
 from xpipe.backends.base import InvalidSpec, NotFound, StepServiceSpec, TrafficState
@@ -146,6 +147,27 @@ class StepProcess:
         self.exit_code = self.process.returncode
         return False
 
+    def kill_session(self) -> None:
+        """SIGKILL whatever is left in the runtime's session (a command whose runtime died).
+
+        In a pod the container's processes die together; here the session plays the container's part.
+        Linux only (/proc); elsewhere leftovers of a crashed runtime finish on their own.
+        """
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                # Fields after the parenthesised command name: state, ppid, pgrp, session, ...
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 3 and fields[3] == str(self.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+
     def settle(self, timeout: float) -> None:
         """Wait up to `timeout` for the process to exit on its own."""
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -162,6 +184,7 @@ class StepProcess:
                 self.process.kill()
                 self.process.wait(5)
         self.exit_code = self.process.returncode
+        self.kill_session()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -100,7 +100,9 @@ class CommandRun:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so a stop reaches its children too
+                # Its own process group, so a stop reaches its children too; the runtime's session, so
+                # whoever stops the runtime's session (the local step host) reaches it as well.
+                process_group=0,
                 close_fds=True,
             )
         except FileNotFoundError:
