@@ -281,7 +281,7 @@ def up(
     out(f"xpipe up: data in {layout.data_dir}, logs in {supervisor.log_dir}")
     try:
         try:
-            supervisor.start(START_TIMEOUT_S)
+            supervisor.start(START_TIMEOUT_S, stop)
         except Exception as exc:
             out(f"xpipe up: cannot start: {exc}")
             return 1

@@ -178,10 +178,12 @@ class Supervisor:
 
     # start ----------------------------------------------------------------------------------------------
 
-    def start(self, timeout_s: float) -> None:
+    def start(self, timeout_s: float, cancel: threading.Event | None = None) -> None:
         """Start every component in order, each once the previous one is healthy (the journal before the
-        functions that need it). ``ComponentFailed`` names the first that does not come up in time."""
+        functions that need it). ``ComponentFailed`` names the first that does not come up in time, or
+        says that ``cancel`` (Ctrl-C) was set meanwhile."""
         deadline = time.monotonic() + timeout_s
+        cancel = cancel or self._stopping
         for component in self.components:
             self._spawn(component)
             self._say(f"  started {component.spec.name} (pid {component.pid})")
@@ -199,7 +201,7 @@ class Supervisor:
                         f"{component.spec.name} was not healthy within {timeout_s:g} s; "
                         f"see {component.log_path}"
                     )
-                if self._stopping.wait(0.1):
+                if cancel.wait(0.1) or self._stopping.is_set():
                     raise ComponentFailed("stopped while starting")
             component.healthy = True
             self.write_state()
@@ -245,18 +247,22 @@ class Supervisor:
     # stop -----------------------------------------------------------------------------------------------
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM every component (the router first, so nothing new is delivered; the journal last),
-        wait up to ``grace_s``, SIGKILL what is left; every process group is gone on return."""
+        """Stop in reverse start order: the last component (the router: nothing new is delivered) gets
+        SIGTERM and up to half of ``grace_s`` on its own, so its last deliveries still find the others
+        running; then all the rest together, in the remaining time; SIGKILL for what is left. Every
+        process group is gone on return."""
         self._stopping.set()
         with self._lock:
-            for component in reversed(self.components):
-                self._signal_group(component, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
-            for component in reversed(self.components):
-                if component.process is None:
-                    continue
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    component.process.wait(max(0.0, deadline - time.monotonic()))
+            order = list(reversed(self.components))
+            for tier, tier_deadline in ((order[:1], time.monotonic() + grace_s / 2), (order[1:], deadline)):
+                for component in tier:
+                    self._signal_group(component, signal.SIGTERM)
+                for component in tier:
+                    if component.process is None:
+                        continue
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        component.process.wait(max(0.0, tier_deadline - time.monotonic()))
             for component in self.components:
                 self._signal_group(component, signal.SIGKILL)  # stragglers in the group, if any
                 if component.process is not None and component.process.poll() is None:
