@@ -308,3 +308,15 @@ def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
     orphan = Path(f"/proc/{command_pid.read_text()}")
     wait_until(lambda: not orphan.exists(), timeout=2.0, what="the crashed runtime's command to be killed")
     assert step_run(host, "crashy", str(tmp_path / "second-pid"), job="job-after-crash").status_code == 200
+
+
+def test_step_processes_do_not_outlive_a_killed_host() -> None:
+    doomed = start_host("--idle-seconds", "60")
+    backend = LocalBackend(doomed.url)
+    backend.ensure_step_service(python_step("orphan", "print('ok')"))
+    assert step_run(doomed, "orphan", "x").status_code == 200
+    pid = backend.services()[0]["processes"][0]["pid"]
+    backend.close()
+    doomed.process.kill()
+    doomed.process.wait(10)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, what="the step process to exit")

@@ -104,6 +104,7 @@ class StepProcess:
         command = [
             sys.executable, "-m", "xpipe.step",
             "--listen-fd", str(listener.fileno()),
+            "--exit-with-parent",
             "--service", spec.name,
             "--heartbeat-seconds", f"{spec.heartbeat_seconds:g}",
             "--stop-grace-seconds", f"{stop_grace_seconds:g}",

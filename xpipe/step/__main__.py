@@ -24,6 +24,17 @@ log = logging.getLogger("xpipe.step")
 
 # After the cancelled reply is handed to the connection, how long we wait for it to be written.
 REPLY_FLUSH_SECONDS = 5.0
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _watch_parent(stopping: threading.Event) -> None:
+    """Stop like on SIGTERM once the parent (the local step host) is gone: no process outlives its host."""
+    parent = os.getppid()
+    while not stopping.wait(PARENT_CHECK_SECONDS):
+        if os.getppid() != parent:
+            log.warning("parent process gone, stopping", extra={"parent": parent})
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def _drain_then_stop(server: StepHTTPServer, runtime: StepRuntime) -> None:
@@ -59,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if config.exit_with_parent:
+        threading.Thread(target=_watch_parent, args=(stopping,), name="parent-watch", daemon=True).start()
     host, port = server.server_address[:2]
     log.info(
         "step runtime listening",

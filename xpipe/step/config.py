@@ -45,6 +45,7 @@ class RuntimeConfig:
     stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
     timeout_seconds: float | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    exit_with_parent: bool = False
 
 
 def parse_ce_overrides(raw: str | None) -> dict[str, str]:
@@ -93,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="an env entry for the command; VALUE may hold {{ params.NAME }} (repeatable)",
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop (as on SIGTERM) when the parent process dies (set by the local step host)",
     )
     parser.add_argument("--service", help="step service name for event sources (default $K_SERVICE)")
     parser.add_argument(
@@ -161,4 +167,5 @@ def load(args: Sequence[str], environ: Mapping[str, str]) -> RuntimeConfig:
         or from_env("XPIPE_STOP_GRACE_SECONDS", _positive_float, DEFAULT_STOP_GRACE_SECONDS),
         timeout_seconds=options.timeout_seconds
         or from_env("XPIPE_STEP_TIMEOUT_SECONDS", _positive_float, None),
+        exit_with_parent=options.exit_with_parent,
     )
