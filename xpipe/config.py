@@ -20,7 +20,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from xpipe.errors import ConfigurationError
-from xpipe.templates import BUILTIN_TEMPLATES_DIR
+
+# The demo templates shipped in the package (xpipe/templates/*.yaml). Defined here rather than taken
+# from xpipe.templates so that functions without a catalog (health-relay, rollback) never import it.
+BUILTIN_TEMPLATES_DIR = Path(__file__).with_name("templates")
 
 BackendKind = Literal["local", "knative"]
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cloudevents.http import CloudEvent
 from flask import Request, Response
@@ -29,7 +30,9 @@ from xpipe.errors import ConfigurationError, Overloaded
 from xpipe.http import error_response, parse_event, read_body, reply, status_for
 from xpipe.journal import JobJournal
 from xpipe.outbox import Outbox
-from xpipe.templates import Catalog
+
+if TYPE_CHECKING:
+    from xpipe.templates import Catalog
 
 log = logging.getLogger("xpipe.endpoint")
 
@@ -96,6 +99,8 @@ class Endpoint:
 
     def catalog(self) -> Catalog:
         """The template catalog, validated now (submit calls this at start-up)."""
+        from xpipe.templates import Catalog  # noqa: PLC0415 - only submit needs templates
+
         catalog = Catalog.load(
             self.config.templates_dir, max_revision_timeout_seconds=self.config.max_revision_timeout_seconds
         )

@@ -37,10 +37,21 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from xpipe.backends.base import DEFAULT_HEARTBEAT_SECONDS, StepServiceSpec, step_service_name
+from xpipe.config import BUILTIN_TEMPLATES_DIR
 from xpipe.errors import CatalogError, InvalidParams, UnknownTemplate
 from xpipe.params import format_value, placeholders
 
-BUILTIN_TEMPLATES_DIR = Path(__file__).with_name("templates")
+__all__ = [
+    "BUILTIN_TEMPLATES_DIR",
+    "Catalog",
+    "ResolvedJob",
+    "StepSpec",
+    "Template",
+    "heartbeat_interval",
+    "resolve",
+    "service_name",
+    "validate_params",
+]
 
 # Knative Service names end up in revision and deployment names ("<svc>-00001-deployment-<hash>"),
 # which must stay within 63 characters; 49 leaves room for those suffixes.
