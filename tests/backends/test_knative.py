@@ -229,6 +229,8 @@ async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
     assert state.pinned_revision is None
     service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
     assert service["spec"]["traffic"] == [{"latestRevision": True, "percent": 100}]
+    for body in sent_objects(kmock):  # the traffic applies too
+        assert_schema_valid(body)
 
 
 async def test_revert_of_a_missing_service_is_not_found(
