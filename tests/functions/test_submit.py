@@ -230,3 +230,25 @@ def test_logs_are_json_lines_with_event_ids_and_never_a_token(submit: FunctionSe
     assert handled
     assert handled[0]["jobId"]
     assert SUBMIT_TOKEN not in text
+
+
+def test_a_broken_catalog_stops_submit_at_start_up_naming_file_and_field(
+    journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
+) -> None:
+    broken = workdir / "broken-templates"
+    broken.mkdir()
+    (broken / "deploy.yaml").write_text(
+        "name: deploy\nsteps: [{name: build, argv: [make], timeoutSeconds: 900}]\n"
+    )
+    env = function_env(
+        journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url,
+        XPIPE_TEMPLATES_DIR=str(broken),
+    )  # fmt: skip
+    server = FunctionServer("submit", env, workdir / "broken-submit.log")
+    try:
+        assert server.process.wait(timeout=30) != 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert f"{broken / 'deploy.yaml'}: steps[0].timeoutSeconds" in log
+    assert "max-revision-timeout-seconds" in log
