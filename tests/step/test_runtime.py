@@ -234,3 +234,14 @@ def test_malformed_ce_overrides_refuse_to_start() -> None:
     result = subprocess.run(command, check=False, capture_output=True, timeout=30, env=env)
     assert result.returncode == 2
     assert b"K_CE_OVERRIDES" in result.stderr
+
+
+def test_a_command_that_cannot_start_fails_with_127(sink: EventSink) -> None:
+    runtime = start_runtime(sink.url, argv=["/nonexistent/step-command", "{{ params.arg }}"])
+    try:
+        _, data = finished_of(runtime.post_run("job-missing-binary", {"arg": "x"}))
+        assert data["outcome"] == "failed"
+        assert data["exitCode"] == 127
+        assert "command not found" in str(data["summary"])
+    finally:
+        runtime.stop()

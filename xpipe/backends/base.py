@@ -174,6 +174,10 @@ class StepServiceSpec:
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> StepServiceSpec:
         """Inverse of `to_json_dict`; raises InvalidSpec naming the missing or mistyped field."""
+        if not isinstance(data.get("argv"), list | tuple):
+            raise InvalidSpec("step service spec: argv must be a list of strings")
+        if not isinstance(data.get("env") or {}, Mapping):
+            raise InvalidSpec("step service spec: env must be an object of strings")
         try:
             return cls(
                 name=str(data["name"]),
