@@ -11,8 +11,9 @@ event and reports its outcome as a fact:
   then ``DIAGNOSTIC_REPORT`` (cut to fit one journal record).
 
 Side effects and redelivery: a revert moves the pin one revision back each time it is done, so before
-acting the function reads the job and skips a directive whose action has already ended (the journal
-withdraws it then). What remains is the narrow window between the backend call and the commit.
+acting the function reads the job and acts only while the journal still waits for that directive's
+action (the saga action is ``running`` with this directive id, or the diagnosis is ``requested``). What
+remains is the narrow window between the backend call and the commit of its outcome.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from xpipe.outbox import Outbox
 
 log = logging.getLogger("xpipe.rollback")
 
-WITHDRAWN = "withdrawn"
 _TRUNCATED = "...[truncated]"
 
 
@@ -124,10 +124,17 @@ class Countermeasures:
         else:
             raise MalformedEvent(f"rollback does not handle {event['type']!r} events")
 
-    def _ended(self, view: dict[str, Any], directive_id: str) -> bool:
-        for entry in view.get("directives") or []:
-            if isinstance(entry, dict) and entry.get("id") == directive_id:
-                return entry.get("status") == WITHDRAWN
+    @staticmethod
+    def _still_directed(view: dict[str, Any], directive_id: str) -> bool:
+        """Whether the journal still waits for this directive's action (a running saga action or a
+        requested diagnosis); False once its outcome was committed, timed out or the saga moved on."""
+        rollback = view.get("rollback") or {}
+        for action in rollback.get("actions") or []:
+            if isinstance(action, dict) and action.get("directiveId") == directive_id:
+                return action.get("status") == "running"
+        diagnosis = view.get("diagnosis") or {}
+        if diagnosis.get("directiveId") == directive_id:
+            return diagnosis.get("status") == "requested"
         return False
 
     def _revert(self, job_id: str, directive: dict[str, Any], key: str) -> None:
@@ -137,8 +144,10 @@ class Countermeasures:
         assert isinstance(step, str)
         assert isinstance(service, str)
         assert isinstance(namespace, str)
-        if self._ended(self.journal.job(job_id), directive["id"]):
-            log.info("revert already done; redelivery ignored", extra={"directive": directive["id"]})
+        if not self._still_directed(self.journal.job(job_id), directive["id"]):
+            log.info(
+                "revert no longer directed (done or timed out); ignored", extra={"directive": directive["id"]}
+            )
             return
         data: dict[str, Any] = {"step": step}
         try:
@@ -161,8 +170,11 @@ class Countermeasures:
 
     def _diagnose(self, job_id: str, directive: dict[str, Any], key: str) -> None:
         view = self.journal.job(job_id)
-        if self._ended(view, directive["id"]):
-            log.info("diagnosis already done; redelivery ignored", extra={"directive": directive["id"]})
+        if not self._still_directed(view, directive["id"]):
+            log.info(
+                "diagnosis no longer directed (done or timed out); ignored",
+                extra={"directive": directive["id"]},
+            )
             return
         services: list[str] = []
         for step in view.get("steps") or []:

@@ -21,6 +21,7 @@ from functions_harness import (
 )
 
 from vms_adapter.client import JournalClient
+from xpipe.backends.base import StepServiceSpec
 from xpipe.events import EXT_JOB, EXT_STEP, JOB_DIAGNOSTIC_REQUESTED, JOB_ROLLBACK_REQUESTED, STEP_RUN
 from xpipe.outbox import directive_event
 
@@ -150,3 +151,32 @@ def test_a_directive_without_its_id_is_a_400_that_writes_nothing(
     before = journal_counts(client)
     assert deliver(rollback, broken) == 400
     assert journal_counts(client) == before
+
+
+def test_a_revert_pins_the_previous_revision_once_even_when_redelivered(
+    rollback: FunctionServer, client: JournalClient, sink: EventSink, step_host: StepHost
+) -> None:
+    service = f"xp-shop-{uuid.uuid4().hex[:6]}"
+    for digest in ("sha256:one", "sha256:two", "sha256:three"):  # three revisions of the reverted service
+        spec = StepServiceSpec(name=service, template="shop", step="web", image="img", argv=("true",), env={},
+                               timeout_seconds=30, template_digest=digest)  # fmt: skip
+        assert step_host.http.put(f"/services/{service}", json=spec.to_json_dict()).status_code == 200
+    revert_target = {"kind": "knative-traffic", "service": service, "namespace": "xpipe-steps"}
+    plan = {**PLAN, "steps": [step("deploy", revert=revert_target), step("verify")]}
+    job_id = commit(client, None, "JOB_REGISTERED", plan).job_id
+    finish(client, job_id, "deploy", "succeeded")
+    (start,) = [d for d in finish(client, job_id, "verify", "failed") if d["kind"] == "rollback"]
+    assert deliver(rollback, start) == 202
+    # The saga's only action is the revert, which the function published when it started the saga.
+    (revert,) = sink.wait_for(
+        lambda e: (
+            e.get(EXT_JOB) == job_id and (e.get_data() or {}).get("directive", {}).get("action") == "revert"
+        )
+    )
+    assert rollback.post(revert, token=RELAY_TOKEN).status_code == 202
+    (record,) = [h for h in client.read_job(job_id)["history"] if h["type"] == "REVERT_FINISHED"]
+    assert record["data"]["outcome"] == "succeeded"
+    pinned = step_host.http.get(f"/services/{service}").json()["pinnedRevision"]
+    assert pinned == record["data"]["revision"]
+    assert rollback.post(revert, token=RELAY_TOKEN).status_code == 202  # the broker redelivers it
+    assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] == pinned
