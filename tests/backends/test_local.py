@@ -23,7 +23,7 @@ import pytest
 from xpipe.backends.base import BackendUnavailable, InvalidSpec, NotFound, StepServiceSpec
 from xpipe.backends.local import LocalBackend
 
-IDLE_SECONDS = 1.0
+IDLE_SECONDS = 1.5  # long enough that a loaded machine still sees the process warm right after a run
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
