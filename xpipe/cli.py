@@ -530,11 +530,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xpipe", description="XPipe pipelines: local stack, jobs and journal"
     )
+    # --data-dir and --journal are accepted before or after the command (`xpipe up --data-dir DIR`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        help="the local stack's directory (XPIPE_DATA_DIR, default .xpipe)",
+    )
+    common.add_argument(
+        "--journal", default=argparse.SUPPRESS, help="journal service HOST:PORT (XPIPE_JOURNAL)"
+    )
     parser.add_argument("--data-dir", help="the local stack's directory (XPIPE_DATA_DIR, default .xpipe)")
     parser.add_argument("--journal", help="journal service HOST:PORT (XPIPE_JOURNAL)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="run the whole system on this machine until Ctrl-C")
+    up = commands.add_parser("up", parents=[common], help="run the whole system on this machine until Ctrl-C")
     up.add_argument(
         "--base-port", type=int, default=8080, help="router on P, functions P+1..P+3, journal P+4"
     )
@@ -549,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     def output(p: argparse.ArgumentParser) -> None:
         p.add_argument("--output", "-o", choices=("table", "json"), default="table")
 
-    submit = commands.add_parser("submit", help="submit a pipeline as Magento does")
+    submit = commands.add_parser("submit", parents=[common], help="submit a pipeline as Magento does")
     submit.add_argument("template")
     submit.add_argument(
         "-p", "--param", action="append", metavar="KEY=VALUE", help="repeat; key:=JSON for typed"
@@ -560,32 +570,38 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--submit-url", help="the submit function's URL (XPIPE_SUBMIT_URL)")
     output(submit)
 
-    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    jobs = commands.add_parser("jobs", parents=[common], help="list jobs, newest first")
     jobs.add_argument("--state")
     jobs.add_argument("--template")
     output(jobs)
 
-    job = commands.add_parser("job", help="one job: show, watch or cancel")
+    job = commands.add_parser("job", parents=[common], help="one job: show, watch or cancel")
     job_commands = job.add_subparsers(dest="job_command", required=True)
-    show = job_commands.add_parser("show")
+    show = job_commands.add_parser("show", parents=[common])
     show.add_argument("job_id")
     output(show)
-    watch = job_commands.add_parser("watch", help="live steps, attempts and heart-beats until finished")
+    watch = job_commands.add_parser(
+        "watch", parents=[common], help="live steps, attempts and heart-beats until finished"
+    )
     watch.add_argument("job_id")
     watch.add_argument("--timeout", type=float, default=DEFAULT_WAIT_S)
-    cancel = job_commands.add_parser("cancel")
+    cancel = job_commands.add_parser("cancel", parents=[common])
     cancel.add_argument("job_id")
     cancel.add_argument("--reason", default="cancelled from the xpipe CLI")
     cancel.add_argument("--then-rollback", action="store_true", help="compensate the steps that succeeded")
 
-    templates = commands.add_parser("templates", help="the pipeline templates of the catalog")
+    templates = commands.add_parser(
+        "templates", parents=[common], help="the pipeline templates of the catalog"
+    )
     output(templates)
 
-    journal = commands.add_parser("journal", help="check or dump a journal directory offline")
+    journal = commands.add_parser(
+        "journal", parents=[common], help="check or dump a journal directory offline"
+    )
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
-    verify = journal_commands.add_parser("verify")
+    verify = journal_commands.add_parser("verify", parents=[common])
     verify.add_argument("dir", nargs="?", help="default: <data-dir>/journal")
-    dump = journal_commands.add_parser("dump")
+    dump = journal_commands.add_parser("dump", parents=[common])
     dump.add_argument("dir", nargs="?", help="default: <data-dir>/journal")
     dump.add_argument("--job")
     return parser
