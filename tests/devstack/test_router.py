@@ -421,3 +421,22 @@ def test_bad_manifests_are_refused_with_the_field_named(
     with pytest.raises(ManifestError, match=message) as info:
         load_topology([path], ServiceTable({}))
     assert str(path) in str(info.value)
+
+
+def test_delivery_headers_reach_subscribers_and_never_the_log(
+    start_router: StartRouter, subscribers: MakeSubscriber, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = subscribers(always(503))
+    dead = subscribers()
+    delivery = {"retry": 1, "backoffDelay": "PT0.01S", "deadLetterSink": uri(dead.url)}
+    router = start_router(
+        [broker(), trigger("t", uri(failing.url), delivery=delivery)],
+        delivery_headers={"X-Token-XPipe": "s3cret-token"},
+    )
+    with caplog.at_level("INFO", logger="xpipe.devstack.router"):
+        post(router, binary())
+        [letter] = dead.wait_for(1)
+        wait_until(lambda: router.stats().get("dead_lettered") == 1, what="the dead letter")
+    assert {r.headers["x-token-xpipe"] for r in [*failing.received, letter]} == {"s3cret-token"}
+    assert "retry" in caplog.text
+    assert "s3cret" not in caplog.text
