@@ -81,9 +81,7 @@ def test_late_heartbeat_of_an_expired_attempt_changes_nothing() -> None:
     job, _ = d.register(plan(step("build", retries=1)))
     d.sweep(T0 + 100)
     before = attempts(d, job)
-    committed, directives = d.commit(
-        job, [("HEARTBEAT", {"step": "build", "attempt": 1, "pod": "p"})], T0 + 101
-    )
+    _, directives = d.commit(job, [("HEARTBEAT", {"step": "build", "attempt": 1, "pod": "p"})], T0 + 101)
     assert directives == []
     assert attempts(d, job) == before
 
@@ -217,7 +215,7 @@ def test_a_diagnosis_that_never_comes_times_out_and_the_job_finishes_failed() ->
     _, directives = d.commit(
         job, [("STEP_FINISHED", {"step": "build", "attempt": 1, "outcome": "failed"})], T0 + 1
     )
-    diagnose = [x for x in directives if x["kind"] == "diagnose"][0]
+    diagnose = next(x for x in directives if x["kind"] == "diagnose")
     assert diagnose["event"]["type"] == "com.xpipe.job.diagnostic.requested"
     assert diagnose["event"]["data"]["directive"]["action"] == "diagnose"
     records, _ = d.sweep(T0 + 2 + ACTION_TIMEOUT_S)
