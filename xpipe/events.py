@@ -51,6 +51,9 @@ class EventData(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        # Validators are built on first use, not at import: a function only ever validates the few
+        # event types it receives, and its cold start stays short.
+        defer_build=True,
     )
 
     def to_json_dict(self) -> dict[str, Any]:
