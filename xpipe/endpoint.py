@@ -26,8 +26,8 @@ from xpipe import config as configuration
 from xpipe import logs
 from xpipe.auth import HEADER, Caller, Scope, TokenRegistry
 from xpipe.backends.base import ExecutionBackend
-from xpipe.errors import ConfigurationError, Overloaded
-from xpipe.http import error_response, parse_event, read_body, reply, status_for
+from xpipe.errors import ConfigurationError, Overloaded, PayloadTooLarge
+from xpipe.http import accepted, error_response, parse_event, read_body, reply, status_for
 from xpipe.journal import JobJournal
 from xpipe.outbox import Outbox
 
@@ -141,20 +141,22 @@ class Endpoint:
         caller: Caller | None = None
         event: CloudEvent | None = None
         try:
-            if request.content_length is not None and request.content_length > self.config.max_body_bytes:
-                read_body(request, self.config.max_body_bytes)  # raises PayloadTooLarge, reads nothing
+            length = request.content_length
+            if length is not None and length > self.config.max_body_bytes:  # refused before auth or reading
+                raise PayloadTooLarge(
+                    f"body of {length} bytes exceeds the limit of {self.config.max_body_bytes}"
+                )
             caller = self.tokens.authorize(request.headers.get(HEADER), self.scope)
-            body = read_body(request, self.config.max_body_bytes)
-            event = parse_event(request, body)
-            with logs.event_context(event["id"]):
-                answer = handler(event, caller)
-                response = reply(answer) if answer is not None else Response(b"", status=202)
-                log.info(
-                    "event handled",
-                    extra={"eventType": event["type"], "status": response.status_code, "caller": caller.name,
-                           "ms": round((time.monotonic() - started) * 1000, 1)},
-                )  # fmt: skip
-                return response
+            event = parse_event(request, read_body(request, self.config.max_body_bytes))
+            logs.bind_event(event["id"])  # structured mode: the id was not in a header
+            answer = handler(event, caller)
+            response = reply(answer) if answer is not None else accepted()
+            log.info(
+                "event handled",
+                extra={"eventType": event["type"], "status": response.status_code, "caller": caller.name,
+                       "ms": round((time.monotonic() - started) * 1000, 1)},
+            )  # fmt: skip
+            return response
         except Exception as error:
             return self._refuse(error, event, caller, started)
 

@@ -80,6 +80,11 @@ def event_context(event_id: str | None) -> Iterator[None]:
         _event_id.reset(event_token)
 
 
+def bind_event(event_id: str | None) -> None:
+    """From now on (until the event's block ends) the log lines name this CloudEvent id."""
+    _event_id.set(event_id)
+
+
 def bind_job(job_id: str | None) -> None:
     """From now on (until the event's block ends) the log lines name this job."""
     _job_id.set(job_id)
