@@ -23,14 +23,15 @@ FINAL = {"SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED", "CANCELLED"}
 OUTCOMES = ("succeeded",) * 5 + ("failed", "timed-out", "cancelled")
 PODS = ("pod-a", "pod-b", "pod-c")
 
-steps_strategy = st.lists(
-    st.builds(
-        dict,
-        retries=st.integers(0, 2),
-        backoff=st.sampled_from([0.0, 3.0]),
-        compensate=st.sampled_from([True, True, False]),
-        revert=st.booleans(),
-        max_restarts=st.integers(0, 2),
+steps_strategy: st.SearchStrategy[list[dict[str, Any]]] = st.lists(
+    st.fixed_dictionaries(
+        {
+            "retries": st.integers(0, 2),
+            "backoff": st.sampled_from([0.0, 3.0]),
+            "compensate": st.sampled_from([True, True, False]),
+            "revert": st.booleans(),
+            "max_restarts": st.integers(0, 2),
+        }
     ),
     min_size=1,
     max_size=4,
