@@ -50,6 +50,8 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    client_cpu_us: float  # the load generator's CPU per commit (all its threads)
+    server_cpu_us: float | None = None  # the journal service's CPU per commit (Linux /proc), if known
 
     @property
     def rate(self) -> float:
@@ -65,7 +67,24 @@ def percentile(values: list[float], fraction: float) -> float:
 Worker = tuple[Callable[[int], None], Callable[[], None]]
 
 
-def drive(system: str, clients: int, seconds: float, make_worker: Callable[[int], Worker]) -> Result:
+def process_cpu_s(pid: int | None) -> float | None:
+    """User+system CPU seconds of another process (Linux /proc), or None where unavailable."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def drive(
+    system: str,
+    clients: int,
+    seconds: float,
+    make_worker: Callable[[int], Worker],
+    server_pid: int | None = None,
+) -> Result:
     """Run ``clients`` threads, each committing in a loop until the deadline; collect latencies."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
@@ -96,13 +115,25 @@ def drive(system: str, clients: int, seconds: float, make_worker: Callable[[int]
         thread.start()
     start_at.append(time.perf_counter() + 0.05)
     ready.wait(START_DEADLINE_S)
+    cpu_before, server_before = time.process_time(), process_cpu_s(server_pid)
     for thread in threads:
         thread.join(seconds + 60)
+    cpu_after, server_after = time.process_time(), process_cpu_s(server_pid)
     if errors:
         raise RuntimeError(f"{system} with {clients} clients failed: {errors[0]!r}")
     flat = [x for per in latencies for x in per]
+    server_cpu = None
+    if server_before is not None and server_after is not None:
+        server_cpu = (server_after - server_before) / len(flat) * 1e6
     return Result(
-        system, clients, len(flat), seconds, percentile(flat, 0.5) * 1e3, percentile(flat, 0.99) * 1e3
+        system,
+        clients,
+        len(flat),
+        seconds,
+        percentile(flat, 0.5) * 1e3,
+        percentile(flat, 0.99) * 1e3,
+        (cpu_after - cpu_before) / len(flat) * 1e6,
+        server_cpu,
     )
 
 
@@ -130,7 +161,7 @@ def raw_fsync(directory: Path, count: int = 2000) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def journal_service(directory: Path) -> Iterator[int]:
+def journal_service(directory: Path) -> Iterator[tuple[int, int]]:
     proc = subprocess.Popen(
         [
             *(
@@ -159,7 +190,7 @@ def journal_service(directory: Path) -> Iterator[int]:
         line = lines.get(timeout=START_DEADLINE_S)
         if not line.startswith("listening on "):
             raise RuntimeError(f"journal service said {line!r}")
-        yield int(line.strip().rpartition(":")[2])
+        yield int(line.strip().rpartition(":")[2]), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -337,6 +368,18 @@ def table(results: dict[str, dict[int, Result]], levels: list[int]) -> list[str]
             else:
                 cells.append("n/a")
         rows.append("| " + " | ".join(cells) + " |")
+    rows += [
+        "",
+        "CPU per commit, in microseconds (load generator: all its threads; service: journal only):",
+        "",
+    ]
+    rows.append("| clients | " + " | ".join(f"{s} load generator" for s in systems) + " | journal service |")
+    rows.append("|" + "---|" * (len(systems) + 2))
+    for n in levels:
+        cells = [str(n), *(f"{results[s][n].client_cpu_us:.0f}" for s in systems)]
+        server = results["journal"][n].server_cpu_us if "journal" in results else None
+        cells.append("n/a" if server is None else f"{server:.0f}")
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -354,11 +397,15 @@ def write_doc(section: list[str]) -> None:
 
 
 def measure(
-    system: str, levels: list[int], seconds: float, worker: Callable[[int], Callable[[int], Worker]]
+    system: str,
+    levels: list[int],
+    seconds: float,
+    worker: Callable[[int], Callable[[int], Worker]],
+    server_pid: int | None = None,
 ) -> dict[int, Result]:
     results = {}
     for n in levels:
-        results[n] = r = drive(system, n, seconds, worker(n))
+        results[n] = r = drive(system, n, seconds, worker(n), server_pid)
         print(f"{system:8s} {n:3d} clients: {r.rate:9,.0f} commits/s  p50 {r.p50_ms:.2f} ms", flush=True)
     return results
 
@@ -402,9 +449,9 @@ def main() -> int:
             flush=True,
         )
         if "journal" in systems:
-            with journal_service(work) as port:
+            with journal_service(work) as (port, pid):
                 results["journal"] = measure(
-                    "journal", levels, args.seconds, lambda n: journal_worker(port, f"{run_id}-{n}")
+                    "journal", levels, args.seconds, lambda n: journal_worker(port, f"{run_id}-{n}"), pid
                 )
         if "sqlite" in systems:
             results["sqlite"] = measure(
