@@ -136,8 +136,8 @@ def _is_cloudevent(request: Request) -> bool:
 def parse_event(request: Request, body: bytes) -> CloudEvent:
     """The CloudEvent of a request in binary or structured mode; 415 if it is none, 400 if malformed.
 
-    The data must be a JSON object (every xpipe payload is): a JSON array, a string or bytes that are
-    not JSON are a 400.
+    The data is not checked here (a dead letter may carry anything); ``event_data`` requires the JSON
+    object every xpipe payload is.
     """
     if not _is_cloudevent(request):
         raise NotACloudEvent(
@@ -154,8 +154,6 @@ def parse_event(request: Request, body: bytes) -> CloudEvent:
         raise MalformedEvent("malformed CloudEvent: JSON nested too deeply") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise MalformedEvent(f"malformed CloudEvent: {_short(exc)}") from None
-    if not isinstance(event.get_data(), dict):
-        raise MalformedEvent("CloudEvent data must be a JSON object")
     return event
 
 
@@ -165,7 +163,8 @@ def _short(error: BaseException) -> str:
 
 
 def event_data(event: CloudEvent) -> dict[str, Any]:
-    """The event's data (``parse_event`` guarantees a JSON object)."""
+    """The event's data, which must be a JSON object: a JSON array, a string or non-JSON bytes are a 400."""
     data = event.get_data()
-    assert isinstance(data, dict)
+    if not isinstance(data, dict):
+        raise MalformedEvent("CloudEvent data must be a JSON object")
     return data

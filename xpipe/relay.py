@@ -130,8 +130,10 @@ def dead_letter(event: CloudEvent) -> tuple[str, dict[str, Any]]:
     if extensions:
         original["extensions"] = extensions
     data = event.get_data()
+    if isinstance(data, bytes | bytearray):  # not JSON: keep it readable rather than lose it
+        data = bytes(data).decode("utf-8", "replace")
     if data is not None and len(json.dumps(data, default=str)) <= MAX_RECORD_BYTES // 2:
-        original["data"] = data
+        original["data"] = json.loads(json.dumps(data, default=str))
     record: dict[str, Any] = {"event": original}
     code = attributes.get(EXT_ERROR_CODE)
     if code is not None:

@@ -4,6 +4,9 @@ broker (a real HTTP sink) and are acknowledged."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -234,3 +237,30 @@ def test_requests_beyond_the_in_flight_limit_get_429_and_write_nothing(
         gated.gate.set()
         busy.join(timeout=20)
     assert answers == [202]
+
+
+def test_a_dead_letter_that_is_not_json_is_journaled_too(
+    relay: FunctionServer, client: JournalClient, journal: JournalProcess
+) -> None:
+    headers = {
+        "ce-specversion": "1.0", "ce-id": str(uuid.uuid4()), "ce-source": "/magento/webhooks",
+        "ce-type": "com.example.order.paid", "content-type": "text/plain", "X-Token-XPipe": RELAY_TOKEN,
+        "ce-knativeerrordest": "http://magento-webhook/", "ce-knativeerrorcode": "502",
+    }  # fmt: skip
+    before = client.stats()["idempotencyKeys"]
+    response = relay.http.post("/", headers=headers, content=b"order 1001 \xff paid")
+    assert response.status_code == 202, response.text
+    assert client.stats()["idempotencyKeys"] == before + 1
+    # No job is registered under "dead-letters", so the record is read from the journal's files.
+    dump = subprocess.run(
+        [sys.executable, "-m", "vms_adapter.server.cli", "dump", str(journal.data_dir),
+         "--job", "dead-letters"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    records = [json.loads(line) for line in dump.stdout.splitlines()]
+    letters = [
+        r for r in records if r["type"] == "DEAD_LETTER" and r["data"]["event"]["id"] == headers["ce-id"]
+    ]
+    assert len(letters) == 1
+    assert letters[0]["data"]["errorCode"] == 502
+    assert "order 1001" in letters[0]["data"]["event"]["data"]
