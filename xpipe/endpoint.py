@@ -39,6 +39,7 @@ log = logging.getLogger("xpipe.endpoint")
 LIVENESS_PATH = "/health/liveness"
 READINESS_PATH = "/health/readiness"
 JOURNAL_CONNECT_TIMEOUT_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 0.8  # under the kubelet's default probe time-out of 1 s
 
 # A handler returns the reply event (200) or None (202 Accepted).
 Handler = Callable[[CloudEvent, Caller], CloudEvent | None]
@@ -65,16 +66,28 @@ class Endpoint:
         """Build everything from the environment; raises (and so refuses to start) if anything is wrong."""
         config = configuration.load()
         logs.configure(name, config.log_level)
+        tls = _tls_context(config)
         client = JournalClient(
             config.journal_host,
             config.journal_port,
             secret=config.journal_secret,
-            tls=_tls_context(config),
+            tls=tls,
             connect_timeout=min(JOURNAL_CONNECT_TIMEOUT_SECONDS, config.journal_timeout_seconds),
             read_timeout=config.journal_timeout_seconds,
             retry_deadline=config.journal_retry_seconds,
         )
-        journal = JobJournal(client)
+        probe_client = JournalClient(
+            config.journal_host,
+            config.journal_port,
+            secret=config.journal_secret,
+            tls=tls,
+            connect_timeout=PROBE_TIMEOUT_SECONDS,
+            read_timeout=PROBE_TIMEOUT_SECONDS,
+            retry_deadline=PROBE_TIMEOUT_SECONDS,  # the budget for connecting; one attempt only
+            max_attempts=1,
+            pool_size=1,
+        )
+        journal = JobJournal(client, probe_client)
         if needs_backend:
             check_backend(config)
         endpoint = cls(

@@ -48,8 +48,11 @@ class Committed:
 class JobJournal:
     """The journal operations the functions perform, over one pooled ``JournalClient``."""
 
-    def __init__(self, client: JournalClient) -> None:
+    def __init__(self, client: JournalClient, probe_client: JournalClient | None = None) -> None:
         self.client = client
+        # Readiness probes must answer within the kubelet's probe time-out (1 s by default), so they use
+        # their own connection with short time-outs and no retries instead of the commit path's budget.
+        self.probe_client = probe_client or client
 
     def register(self, plan: Mapping[str, Any], *, key: str) -> Committed:
         """Commit ``JOB_REGISTERED`` with a resolved plan; the journal allocates the job id."""
@@ -82,7 +85,9 @@ class JobJournal:
 
     def probe(self) -> None:
         """Raise ``JournalUnavailable`` unless the journal answers a ``PING`` now (readiness)."""
-        self.client.ping()
+        self.probe_client.ping()
 
     def close(self) -> None:
         self.client.close()
+        if self.probe_client is not self.client:
+            self.probe_client.close()
