@@ -19,7 +19,6 @@ JOB_REGISTERED = "com.xpipe.job.registered"
 STEP_RUN = "com.xpipe.step.run"
 STEP_HEARTBEAT = "com.xpipe.step.heartbeat"
 STEP_FINISHED = "com.xpipe.step.finished"
-STEP_CANCEL = "com.xpipe.step.cancel"  # the journal's `cancel` directive (vms_adapter/JOBS.md §10)
 JOB_ROLLBACK_REQUESTED = "com.xpipe.job.rollback.requested"
 JOB_DIAGNOSTIC_REQUESTED = "com.xpipe.job.diagnostic.requested"
 JOB_FINISHED = "com.xpipe.job.finished"
@@ -109,15 +108,6 @@ class StepFinished(EventData):
     duration_seconds: float | None = Field(default=None, ge=0.0)
     summary: str = Field(default="", max_length=SUMMARY_MAX_BYTES)
     pod: str | None = None
-
-
-class StepCancel(EventData):
-    """`com.xpipe.step.cancel`: stop this attempt if it is running (the job was cancelled)."""
-
-    job_id: str
-    step: str
-    attempt: int = Field(ge=1)
-    reason: str = ""
 
 
 class JobRollbackRequested(EventData):
