@@ -1,8 +1,8 @@
 """The TCP front: accept connections, authenticate them (HELLO), read frames, answer in order.
 
 Threads and blocking sockets, because VSI Python on OpenVMS has no fork, poll or epoll. Each connection
-has its own thread, and every blocking call has a deadline, so a silent or slow client holds only its
-own thread and only until a time-out:
+has its own thread, and every blocking call has a deadline that a watchdog thread enforces (by shutting
+the socket down), so a silent or slow client holds only its own thread and only until a time-out:
 
 - ``idle_timeout_s``: how long a connection may wait between frames;
 - ``frame_timeout_s``: once a frame's first byte arrived, the whole frame (and the TLS handshake, the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -40,8 +41,9 @@ from vms_adapter.server.operations import Operations
 
 log = logging.getLogger("xpipe.journal.front")
 
-ACCEPT_POLL_S = 0.2
-RECV_BYTES = 65536  # how often the accept loop looks at the stop flag
+ACCEPT_POLL_S = 0.2  # how often the accept loop looks at the stop flag
+RECV_BYTES = 65536
+WATCHDOG_S = 0.1  # how often connection deadlines are checked (time-outs are this precise)
 SERVER_NAME = "xpipe-journal"
 
 
@@ -49,43 +51,56 @@ class ConnectionClosed(Exception):
     """The peer closed the connection (at a frame boundary, or in the middle of one)."""
 
 
-class Deadline:
-    """A point in time every blocking call of one step must finish by."""
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline passed")
-        return left
-
-
 class Connection:
-    """One client connection, served by its own thread."""
+    """One client connection, served by its own thread.
+
+    The socket stays in blocking mode (no per-call time-out: with one, CPython polls before every
+    ``recv`` and ``send``, doubling the system calls and GIL hand-overs). Instead the connection
+    publishes ``deadline``, the monotonic time its current wait must end by, and the front's watchdog
+    shuts down the socket of any connection past it, which ends the blocked call.
+    """
 
     def __init__(self, front: JournalFront, sock: socket.socket, peer: str) -> None:
         self.front = front
         self.sock = sock
         self.peer = peer
         self.authenticated = False
+        self.deadline = math.inf  # read by the watchdog thread
+        self.timed_out = False
         self._buffer = bytearray()
 
-    # -- socket primitives, each bounded by a deadline ------------------------------------------------
+    def expire(self) -> None:
+        """Called by the watchdog: end whatever blocking call the connection is in."""
+        self.timed_out = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
-    def _need(self, count: int, deadline: Deadline) -> None:
+    # -- socket primitives, each bounded by the published deadline ------------------------------------
+
+    def _recv(self, deadline: float) -> bytes:
+        self.deadline = deadline
+        chunk = self.sock.recv(RECV_BYTES)
+        self.deadline = math.inf
+        if self.timed_out:
+            raise TimeoutError("time-out")
+        return chunk
+
+    def _need(self, count: int, deadline: float) -> None:
         """Read until the buffer holds ``count`` bytes, within the frame deadline."""
         while len(self._buffer) < count:
-            self.sock.settimeout(deadline.remaining())
-            chunk = self.sock.recv(RECV_BYTES)
+            chunk = self._recv(deadline)
             if not chunk:
                 raise ConnectionClosed(f"peer closed in the middle of a frame ({len(self._buffer)} bytes)")
             self._buffer += chunk
 
     def _send(self, frame: bytes) -> None:
-        self.sock.settimeout(self.front.frame_timeout_s)
-        self.sock.sendall(frame)
+        self.deadline = time.monotonic() + self.front.frame_timeout_s
+        try:
+            self.sock.sendall(frame)
+        finally:
+            self.deadline = math.inf
+        if self.timed_out:
+            raise TimeoutError("time-out while sending")
 
     def _read_frame(self, idle_s: float) -> Frame:
         """The next frame; waiting for it to start is bounded by ``idle_s``, the rest by the frame time-out.
@@ -93,12 +108,11 @@ class Connection:
         Reads are buffered (one ``recv`` usually brings a whole frame, or several pipelined ones).
         """
         if not self._buffer:
-            self.sock.settimeout(idle_s)
-            chunk = self.sock.recv(RECV_BYTES)
+            chunk = self._recv(time.monotonic() + idle_s)
             if not chunk:
                 raise ConnectionClosed("peer closed")
             self._buffer += chunk
-        deadline = Deadline(self.front.frame_timeout_s)
+        deadline = time.monotonic() + self.front.frame_timeout_s
         self._need(protocol.HEADER_BYTES, deadline)
         header = protocol.decode_header(bytes(self._buffer[: protocol.HEADER_BYTES]))
         end = protocol.HEADER_BYTES + header.body_length
@@ -141,13 +155,16 @@ class Connection:
                 self.sock.close()
 
     def _serve(self) -> None:
+        self.sock.settimeout(None)
         if isinstance(self.sock, ssl.SSLSocket):
-            self.sock.settimeout(self.front.frame_timeout_s)
+            self.deadline = time.monotonic() + self.front.frame_timeout_s
             try:
                 self.sock.do_handshake()
             except ssl.SSLError as exc:
                 log.info("TLS handshake with %s failed: %s", self.peer, exc.reason or exc)
                 return
+            finally:
+                self.deadline = math.inf
         server_nonce = protocol.new_nonce()
         auth = protocol.AUTH_HMAC_SHA256 if self.front.secret else protocol.AUTH_NONE
         greeting = {
@@ -282,8 +299,20 @@ class JournalFront:
             self._connections.discard(connection)
             self._threads.discard(threading.current_thread())
 
+    def _watch(self) -> None:
+        """Enforce every connection's published deadline (idle, frame, handshake and send time-outs)."""
+        while not self.stopping.wait(WATCHDOG_S):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c in self._connections if c.deadline < now]
+            for connection in late:
+                log.info("connection %s timed out", connection.peer)
+                connection.expire()
+
     def serve_until_stopped(self) -> None:
         """Accept until ``stopping`` is set (the accept loop polls it every ``ACCEPT_POLL_S``)."""
+        watchdog = threading.Thread(target=self._watch, name="journal-watchdog", daemon=True)
+        watchdog.start()
         while not self.stopping.is_set():
             try:
                 sock, peer = self.listener.accept()
