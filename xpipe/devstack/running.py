@@ -28,6 +28,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent, from_http
 
 from vms_adapter.client import JournalClient
+from vms_adapter.errors import TOO_LARGE, Rejected
 from xpipe.auth import HEADER
 from xpipe.devstack.errors import DevstackError
 from xpipe.devstack.stack import DEFAULT_MAX_STEP_PROCESSES, StackLayout
@@ -246,14 +247,36 @@ class RunningStack:
             time.sleep(POLL_S)
 
     def job(self, job_id: str) -> dict[str, Any]:
+        """The journal's whole view of the job (READ_JOB)."""
         return self.journal().read_job(job_id)
 
+    def summaries(self, template: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every job's summary (LIST_JOBS, all pages) by job id: small, whatever a job's history holds."""
+        found: dict[str, dict[str, Any]] = {}
+        after: str | None = None
+        while True:
+            page = self.journal().list_jobs({"template": template} if template else {}, after=after, limit=50)
+            found.update({str(job["jobId"]): job for job in page.jobs})
+            after = page.next_cursor
+            if after is None:
+                return found
+
+    def progress(self, job_id: str) -> dict[str, Any]:
+        """The job's view, or its summary when the view is too large for one journal frame."""
+        try:
+            return self.job(job_id)
+        except Rejected as exc:
+            if exc.code != TOO_LARGE:
+                raise
+            return self.summaries().get(job_id, {"jobId": job_id})
+
     def wait_finished(self, job_id: str, timeout_s: float) -> dict[str, Any]:
+        """Wait until the job is finished, then return its whole view."""
         deadline = time.monotonic() + timeout_s
         while True:
-            job = self.job(job_id)
-            if is_finished(job):
-                return job
+            seen = self.progress(job_id)
+            if is_finished(seen):
+                return self.job(job_id)
             if time.monotonic() > deadline:
-                raise DevstackError(f"job {job_id} still {job.get('state')} after {timeout_s:g} s")
+                raise DevstackError(f"job {job_id} still {seen.get('state')} after {timeout_s:g} s")
             time.sleep(POLL_S)
