@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from journal_service import ROOT, JournalServer, start
+from journal_service import ROOT, JournalServer, exit_of, spawn, start
 
 from vms_adapter.server import reader
 
@@ -84,3 +84,13 @@ def test_dump_prints_committed_records_in_seq_order(tmp_path: Path, servers: lis
     assert set(lines[0]) == {"seq", "jobId", "type", "data", "time", "idempotencyKey"}
     only = cli("dump", str(data_dir), "--job", job)
     assert [json.loads(line)["seq"] for line in only.stdout.splitlines()] == [1, 3, 4]
+
+
+def test_a_too_short_secret_is_refused_without_echoing_it(
+    tmp_path: Path, servers: list[JournalServer]
+) -> None:
+    server = spawn(tmp_path / "j", secret=b"tiny-secret")
+    servers.append(server)
+    assert exit_of(server) == 1
+    assert "shorter than 16 bytes" in server.stderr()
+    assert "tiny-secret" not in server.stderr()
