@@ -606,3 +606,61 @@ def test_the_table_covers_every_transition_and_only_those() -> None:
     }
     assert seen <= TRANSITIONS
     assert TRANSITIONS - seen == clock_only
+
+
+# The whole matrix: every situation x every fact, with the verdict JOBS.md §5.1 gives.
+# "apply" = accepted and the job changed; "same" = accepted idempotently, nothing changed; else the code.
+FACTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "heartbeat": ("HEARTBEAT", {"step": "build", "attempt": 1, "pod": "p"}),
+    "finished": ("STEP_FINISHED", {"step": "build", "attempt": 1, "outcome": "failed"}),
+    "cancel": ("JOB_CANCELLED", {"reason": "r", "thenRollback": False}),
+    "rollback-started": ("ROLLBACK_STARTED", {}),
+    "report": ("DIAGNOSTIC_REPORT", {"report": {}}),
+    "revert-finished": ("REVERT_FINISHED", {"step": "build", "outcome": "succeeded"}),
+    "annotation": ("x-note", {"text": "hello"}),
+    "register": ("JOB_REGISTERED", plan()),
+    "derived": ("ROLLBACK_COMPLETED", {"outcome": "rolled-back"}),
+}
+T, R, C = "INVALID_TRANSITION", "INVALID_RECORD", "apply"
+MATRIX: dict[str, tuple[Setup, list[str]]] = {
+    # situation: (setup, verdicts in FACTS order)
+    "pending": (pending, [C, C, C, T, T, T, "same", T, R]),
+    "running": (running, [C, C, C, T, T, T, "same", T, R]),
+    "failed-awaiting-rollback": (failed_awaiting("rollback"), ["same", "same", T, C, T, T, "same", T, R]),
+    "failed-awaiting-diagnosis": (failed_awaiting("diagnose"), ["same", "same", T, T, C, T, "same", T, R]),
+    "rolling-back": (rolling_back, ["same", "same", T, "same", T, T, "same", T, R]),
+    "succeeded": (succeeded, ["same", "same", T, T, T, T, "same", T, R]),
+    "failed": (failed_finished, ["same", "same", T, T, T, T, "same", T, R]),
+    "rolled-back": (rolled_back, ["same", "same", T, "same", T, T, "same", T, R]),
+    "cancelled": (cancelled, ["same", "same", "same", T, T, T, "same", T, R]),
+    "cancelled-awaiting-rollback": (cancelled_then_rollback, ["same", "same", "same", C, T, T, "same", T, R]),
+}
+CELLS = [
+    (situation, fact, setup, verdicts[index])
+    for situation, (setup, verdicts) in MATRIX.items()
+    for index, fact in enumerate(FACTS)
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "fact", "verdict"),
+    [(c[2], c[1], c[3]) for c in CELLS],
+    ids=[f"{c[0]}-{c[1]}" for c in CELLS],
+)
+def test_every_fact_in_every_situation(setup: Setup, fact: str, verdict: str) -> None:
+    d = Driver()
+    job = setup(d)
+    kind, data = FACTS[fact]
+    before = d.model.dump_state()
+    if verdict in (T, R):
+        with pytest.raises(ModelRejection) as caught:
+            d.commit(job, [(kind, data)], T0 + 10)
+        assert caught.value.code == verdict
+        assert d.model.dump_state() == before
+        return
+    committed, _ = d.commit(job, [(kind, data)], T0 + 10)
+    assert committed[0].type == kind
+    after = d.model.dump_state()["jobs"][job]
+    after["updatedAt"] = before["jobs"][job]["updatedAt"]
+    changed = after != before["jobs"][job]
+    assert changed == (verdict == C)
