@@ -222,7 +222,9 @@ class CommitWriter:
             if len(self._items) >= self._max_queue:
                 raise JournalUnavailable("the commit queue is full", code=OVERLOADED)
             self._items.append(request)
-            self._ready.notify()
+            # Wake the writer only when it can act: it waits for a first item, or lingers for a full group.
+            if len(self._items) == 1 or len(self._items) >= self._expected:
+                self._ready.notify()
         return request.pending.wait(timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
