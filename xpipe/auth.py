@@ -29,6 +29,9 @@ import yaml
 
 from xpipe.errors import ConfigurationError, Forbidden, Unauthenticated
 
+# libyaml's safe loader when PyYAML was built with it, else the pure-Python one.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 HEADER = "X-Token-XPipe"
 Scope = Literal["submit", "relay", "admin"]
 SCOPES: tuple[Scope, ...] = ("submit", "relay", "admin")
@@ -77,7 +80,7 @@ class TokenRegistry:
         if len(raw) > TOKENS_FILE_MAX_BYTES:
             raise ConfigurationError(f"XPIPE_TOKENS_FILE {path}: larger than {TOKENS_FILE_MAX_BYTES} bytes")
         try:
-            document = yaml.safe_load(raw)
+            document = yaml.load(raw, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
         except yaml.YAMLError:
             # The parser's message may quote the file's content: say only where it is.
             raise ConfigurationError(f"XPIPE_TOKENS_FILE {path}: not valid YAML") from None

@@ -41,6 +41,9 @@ from xpipe.config import BUILTIN_TEMPLATES_DIR
 from xpipe.errors import CatalogError, InvalidParams, UnknownTemplate
 from xpipe.params import format_value, placeholders
 
+# libyaml's safe loader when PyYAML was built with it (several times faster), else the pure-Python one.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 __all__ = [
     "BUILTIN_TEMPLATES_DIR",
     "Catalog",
@@ -434,7 +437,7 @@ def _load_file(path: Path, max_revision_timeout_seconds: int) -> Template:
     if len(raw) > TEMPLATE_FILE_MAX_BYTES:
         raise CatalogError(where, "", f"larger than {TEMPLATE_FILE_MAX_BYTES} bytes")
     try:
-        document = yaml.safe_load(raw)
+        document = yaml.load(raw, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise CatalogError(where, "", f"not valid YAML: {exc}") from None
     if not isinstance(document, dict):
