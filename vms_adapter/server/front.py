@@ -45,6 +45,7 @@ ACCEPT_POLL_S = 0.2  # how often the accept loop looks at the stop flag
 RECV_BYTES = 65536
 WATCHDOG_S = 0.1  # how often connection deadlines are checked (time-outs are this precise)
 SERVER_NAME = "xpipe-journal"
+HELLO_KEYS = frozenset({"protocol", "client", "nonce", "proof"})
 
 
 class ConnectionClosed(Exception):
@@ -204,6 +205,13 @@ class Connection:
             )
             return False
         body = request.body
+        unknown = sorted(set(body) - HELLO_KEYS)
+        if unknown:
+            error = JournalError(
+                f"HELLO: unknown key {unknown[0]!r}", code=BAD_REQUEST, details={"field": unknown[0]}
+            )
+            self._error(request.opcode, request.request_id, error)
+            return False
         try:
             client_nonce = protocol.parse_nonce(body.get("nonce"))
         except ProtocolError as exc:
