@@ -10,6 +10,7 @@ Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ MAX_ACK_IDS = 1000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 DEFAULT_REDELIVERY_S = 60.0
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _bad(message: str, **details: Any) -> Rejected:
@@ -44,7 +46,7 @@ def _text(value: object, name: str, limit: int) -> str:
         raise _bad(f"{name} must be a non-empty string", field=name)
     if len(value) > limit:
         raise _bad(f"{name} is {len(value)} characters, the limit is {limit}", field=name)
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if _CONTROL_CHARACTER.search(value):
         raise _bad(f"{name} contains control characters", field=name)
     return value
 
