@@ -38,7 +38,7 @@ from rich.live import Live
 from rich.table import Table
 
 from vms_adapter.client import JournalClient
-from vms_adapter.errors import JournalError
+from vms_adapter.errors import TOO_LARGE, JournalError, Rejected
 from vms_adapter.server import cli as journal_cli
 from xpipe.devstack.stack import StackLayout, up
 from xpipe.outbox import directive_event
@@ -326,6 +326,22 @@ def submit_event(
     return data
 
 
+def read_view_or_summary(client: JournalClient, job_id: str) -> dict[str, Any]:
+    """The job's whole view, or, when the view does not fit in one journal frame (``TOO_LARGE``), its
+    summary from the job list (state, current step), so that a watch still follows it."""
+    try:
+        return client.read_job(job_id)
+    except Rejected as exc:
+        if exc.code != TOO_LARGE:
+            raise CliError(f"read job: {exc}") from None
+    except JournalError as exc:
+        raise CliError(f"read job: {exc}") from None
+    for job in list_all_jobs(client, {}):
+        if job.get("jobId") == job_id:
+            return job
+    raise CliError(f"read job: job {job_id} is too large to read and not in the job list")
+
+
 def wait_terminal(
     client: JournalClient,
     job_id: str,
@@ -335,7 +351,7 @@ def wait_terminal(
     """Poll the job until it is finished (or ``timeout_s`` passes: ``CliError``)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        job: dict[str, Any] = _journal_call("read job", lambda: client.read_job(job_id))
+        job = read_view_or_summary(client, job_id)
         if on_view is not None:
             on_view(job)
         if job.get("finished") or (job.get("state") in TERMINAL_STATES and job.get("state") != "FAILED"):
@@ -418,12 +434,19 @@ def cmd_jobs(args: argparse.Namespace, console: Console, settings: Settings) -> 
 def cmd_job(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     with settings.journal_client() as client:
         if args.job_command == "show":
-            job = _journal_call("read job", lambda: client.read_job(args.job_id))
-            if args.output == "json":
-                console.print_json(data=job)
-            else:
-                console.print(job_view(job))
-                console.print(history_table(job))
+            if args.output == "json":  # the whole view or a precise error, never something else
+                console.print_json(data=_journal_call("read job", lambda: client.read_job(args.job_id)))
+                return EXIT_OK
+            job = read_view_or_summary(client, args.job_id)
+            if "steps" not in job:
+                print(
+                    f"xpipe: the view of {args.job_id} is larger than one journal frame; showing its summary",
+                    file=sys.stderr,
+                )
+                console.print(jobs_table([job]))
+                return EXIT_OK
+            console.print(job_view(job))
+            console.print(history_table(job))
             return EXIT_OK
         if args.job_command == "watch":
             with Live(console=console, refresh_per_second=4, transient=False) as live:
