@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads; "
         f"load from one process, {args.concurrency} threads with one keep-alive connection each, "
         f"{args.seconds:g} s per function; submit registers `demo-ok` (3 step services ensured through the "
-        "local step host, one durable journal commit, the dispatch published to a sink and acknowledged).",
+        "local step host, one durable journal commit, the dispatch published to a sink and acknowledged). "
+        "Both functions run in the same invocation under the same load; other work on a shared machine moves "
+        "absolute figures by up to a third between runs, so compare the ratios of one run.",
         "",
         "| function | requests/s | p50 ms | p99 ms | vs no-op |",
         "|---|---:|---:|---:|---:|",
