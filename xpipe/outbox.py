@@ -35,6 +35,8 @@ log = logging.getLogger("xpipe.outbox")
 _EVENT_ATTRIBUTES = ("type", "source", "subject", "time", "dataschema")
 MAX_ACK_IDS = 1000  # the journal's limit per ACK
 ACK_FLUSH_SECONDS = 2.0  # how long a stopping process waits for its last acknowledgements
+ACK_BATCH_WINDOW_SECONDS = 0.005  # how long the first queued id waits for others to join its ACK
+ACK_BATCH_IDS = 64  # ...unless this many are already queued
 
 
 class Acknowledger(Protocol):
@@ -108,6 +110,9 @@ class AckBatcher:
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: bool(self._pending))
+                # Like group commit: give concurrent requests a moment to add theirs, so that one ACK
+                # (one journal transaction) covers many directives under load.
+                self._changed.wait_for(lambda: len(self._pending) >= ACK_BATCH_IDS, ACK_BATCH_WINDOW_SECONDS)
                 batch, self._pending = self._pending[:MAX_ACK_IDS], self._pending[MAX_ACK_IDS:]
                 self._in_flight = len(batch)
             try:
