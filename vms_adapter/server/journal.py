@@ -207,19 +207,24 @@ class Journal:
             self._snapshot_thread.join()
         if self._since_snapshot == 0 or self.segments.name is None:
             return
+        # Taken here, between groups, so that state and position agree: the model's state as JSON text
+        # (whatever the model returns), storage state as shallow copies (its entries are never mutated).
+        # The slow part, encoding the idempotency index and writing the file, runs in the background.
         self.state.forget_keys_before(time.time() - self.options.key_retention_s)
-        last_seq = self.state.last_seq
-        content = snapshots.encode_snapshot(
-            last_seq=last_seq,
-            segment=self.segments.name,
-            offset=self.segments.offset,
-            state=self.state.dump(),
-            model=self.model.dump_state(),
-        )
+        last_seq, segment, offset = self.state.last_seq, self.segments.name, self.segments.offset
+        model_json = snapshots.encode_model_state(self.model.dump_state())
+        state_copy = self.state.copy()
         self._since_snapshot = 0
 
         def write() -> None:
             try:
+                content = snapshots.encode_snapshot(
+                    last_seq=last_seq,
+                    segment=segment,
+                    offset=offset,
+                    state=state_copy.dump(),
+                    model_json=model_json,
+                )
                 path = snapshots.write_snapshot(self.data_dir, last_seq, content)
                 self.snapshot_seq = last_seq
                 log.info("snapshot %s written (%d bytes)", path, len(content))

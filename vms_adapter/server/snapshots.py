@@ -39,15 +39,20 @@ class Snapshot:
     model: dict[str, Any]
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode_model_state(model: dict[str, Any]) -> str:
+    """The model's part of a snapshot as JSON text (taken in the writer thread, so it is consistent)."""
+    return _ENCODER.encode(model)
+
+
 def encode_snapshot(
-    *, last_seq: int, segment: str, offset: int, state: dict[str, Any], model: dict[str, Any]
+    *, last_seq: int, segment: str, offset: int, state: dict[str, Any], model_json: str
 ) -> bytes:
-    body = json.dumps(
-        {"lastSeq": last_seq, "segment": segment, "offset": offset, "state": state, "model": model},
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode("utf-8")
+    """The whole snapshot file; ``model_json`` comes from ``encode_model_state``."""
+    head = _ENCODER.encode({"lastSeq": last_seq, "segment": segment, "offset": offset, "state": state})
+    body = (head[:-1] + ',"model":' + model_json + "}").encode("utf-8")
     header = json.dumps({"format": SNAPSHOT_FORMAT, "length": len(body), "crc32": zlib.crc32(body)})
     return header.encode("ascii") + b"\n" + body + b"\n"
 

@@ -63,11 +63,31 @@ class JournalState:
             self.keys[key] = KeyEntry(float(marker["time"]), reply)
 
     def forget_keys_before(self, cutoff: float) -> int:
-        """Drop idempotency keys committed before ``cutoff``; returns how many."""
-        stale = [key for key, entry in self.keys.items() if entry.time < cutoff]
+        """Drop idempotency keys committed before ``cutoff``; returns how many.
+
+        Keys are inserted in commit order, so the stale ones are at the front: the scan stops at the
+        first fresh key instead of visiting the whole index (a clock stepped back only delays pruning).
+        """
+        stale = []
+        for key, entry in self.keys.items():
+            if entry.time >= cutoff:
+                break
+            stale.append(key)
         for key in stale:
             del self.keys[key]
         return len(stale)
+
+    def copy(self) -> JournalState:
+        """A snapshot copy: new containers, shared (never mutated) entries; cheap enough for the writer."""
+        twin = JournalState()
+        twin.last_seq, twin.transactions, twin.job_counter = (
+            self.last_seq,
+            self.transactions,
+            self.job_counter,
+        )
+        twin.versions = dict(self.versions)
+        twin.keys = dict(self.keys)
+        return twin
 
     def dump(self) -> dict[str, Any]:
         return {
