@@ -54,9 +54,10 @@ def write_tokens(path: Path) -> Path:
 class JournalProcess:
     """``python -m vms_adapter.server`` on 127.0.0.1; restartable on the same port and data directory."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.extra_args = extra_args
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -65,7 +66,7 @@ class JournalProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vms_adapter.server", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
         )  # fmt: skip
         log.close()
