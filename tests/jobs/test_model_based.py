@@ -81,9 +81,18 @@ class JobJournal(RuleBasedStateMachine):
         self.register([{"retries": retries, "compensate": True}] * size, on_failure)
 
     @precondition(lambda self: self.jobs)
-    @rule(data=st.data())
-    def the_current_step_fails_for_good(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), successes_first=st.integers(0, 3))
+    def the_current_step_fails_for_good(self, data: st.DataObject, successes_first: int) -> None:
+        """Some steps succeed, then one fails until it runs out of attempts; the rollback starts."""
         job = data.draw(st.sampled_from(self.jobs))
+        for _ in range(successes_first):
+            live = self.live(job)
+            if not live:
+                return
+            label, attempt = live[0]
+            self.commit_fact(
+                job, "STEP_FINISHED", {"step": label, "attempt": attempt, "outcome": "succeeded"}
+            )
         for _ in range(5):
             live = self.live(job)
             if not live:
@@ -304,7 +313,7 @@ class JobJournal(RuleBasedStateMachine):
 
 
 JobJournal.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=100,
     stateful_step_count=35,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
