@@ -6,6 +6,7 @@ Torn tails are checked at every byte offset and bit flips at every bit, on bytes
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,3 +305,11 @@ def test_a_snapshot_the_model_cannot_load_is_skipped_for_a_full_replay(tmp_path:
         assert journal.snapshot_seq == 0
     finally:
         journal.close()
+
+
+def test_the_chunked_state_encoding_equals_the_plain_one(running: Running) -> None:
+    for i in range(7):
+        running.commit(f"k{i}", None, "x-a")
+    state = running.journal.state
+    for chunk in (1, 2, 3, 500):
+        assert json.loads(state.dump_json(chunk)) == json.loads(json.dumps(state.dump()))

@@ -222,7 +222,7 @@ class Journal:
                     last_seq=last_seq,
                     segment=segment,
                     offset=offset,
-                    state=state_copy.dump(),
+                    state_json=state_copy.dump_json(),
                     model_json=model_json,
                 )
                 path = snapshots.write_snapshot(self.data_dir, last_seq, content)

@@ -47,12 +47,10 @@ def encode_model_state(model: dict[str, Any]) -> str:
     return _ENCODER.encode(model)
 
 
-def encode_snapshot(
-    *, last_seq: int, segment: str, offset: int, state: dict[str, Any], model_json: str
-) -> bytes:
-    """The whole snapshot file; ``model_json`` comes from ``encode_model_state``."""
-    head = _ENCODER.encode({"lastSeq": last_seq, "segment": segment, "offset": offset, "state": state})
-    body = (head[:-1] + ',"model":' + model_json + "}").encode("utf-8")
+def encode_snapshot(*, last_seq: int, segment: str, offset: int, state_json: str, model_json: str) -> bytes:
+    """The snapshot file from its parts' JSON (``JournalState.dump_json``, ``encode_model_state``)."""
+    head = _ENCODER.encode({"lastSeq": last_seq, "segment": segment, "offset": offset})[:-1]
+    body = (head + ',"state":' + state_json + ',"model":' + model_json + "}").encode("utf-8")
     header = json.dumps({"format": SNAPSHOT_FORMAT, "length": len(body), "crc32": zlib.crc32(body)})
     return header.encode("ascii") + b"\n" + body + b"\n"
 

@@ -9,7 +9,9 @@ Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,18 @@ from typing import Any
 from vms_adapter.server.model import Record
 
 ALLOCATED_JOB_ID = re.compile(r"^j-(\d{8,})$")
+JSON_CHUNK = 500  # entries encoded between two pauses of a snapshot's background encoding
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _encode_in_chunks(mapping: dict[str, Any], chunk: int) -> str:
+    """JSON text of ``mapping``, encoded ``chunk`` items at a time, yielding the GIL in between."""
+    pieces = []
+    items = list(mapping.items())
+    for start in range(0, len(items), chunk):
+        pieces.append(_ENCODER.encode(dict(items[start : start + chunk]))[1:-1])
+        time.sleep(0)  # let connection and writer threads run
+    return "{" + ",".join(pieces) + "}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,19 @@ class JournalState:
             "versions": self.versions,
             "keys": {key: [entry.time, entry.reply] for key, entry in self.keys.items()},
         }
+
+    def dump_json(self, chunk: int = JSON_CHUNK) -> str:
+        """``dump()`` as JSON text, built ``chunk`` entries at a time with a pause for other threads in
+        between: one ``json.dumps`` of a large index would hold the GIL, and so stall every connection,
+        for its whole duration."""
+        head = _ENCODER.encode({"lastSeq": self.last_seq, "transactions": self.transactions})[:-1]
+        parts = [head, ',"jobCounter":', str(self.job_counter), ',"versions":']
+        parts.append(_encode_in_chunks(self.versions, chunk))
+        parts.append(',"keys":')
+        keys = {key: [entry.time, entry.reply] for key, entry in self.keys.items()}
+        parts.append(_encode_in_chunks(keys, chunk))
+        parts.append("}")
+        return "".join(parts)
 
     def load(self, data: dict[str, Any]) -> None:
         self.last_seq = int(data["lastSeq"])
