@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from vms_adapter.protocol import MAX_BODY_BYTES
 from vms_adapter.server.jobs import JobStateMachine
 from vms_adapter.server.model import ModelRejection
 
@@ -36,7 +38,7 @@ def test_job_view_shows_steps_attempts_directives_and_history() -> None:
     assert attempt["pod"] == "pod-1"
     assert (attempt["startedAt"], attempt["lastHeartbeatAt"], attempt["heartbeats"]) == (T0 + 1, T0 + 4, 3)
     assert (attempt["outcome"], attempt["exitCode"], attempt["summary"]) == ("succeeded", 0, "ok")
-    assert build["compensation"] == {"service": "svc-build-undo", "attempts": []}
+    assert build["compensation"] == {"service": "svc-build-undo", "attempts": [], "attemptsOmitted": 0}
     assert deploy["revert"] == {"kind": "knative-traffic", "service": "deploy", "namespace": "shop"}
     # build's dispatch was never acknowledged, but its attempt is over: it will not be redelivered.
     assert [(x["kind"], x["status"]) for x in view["directives"]] == [
@@ -149,3 +151,64 @@ def test_a_snapshot_restores_everything_including_pods_and_the_outbox() -> None:
     assert [(r.job_id, r.type) for r in committed] == [(job, "HEALTH")]
     with pytest.raises(ValueError, match="format"):
         JobStateMachine().load_state({"format": 99})
+
+
+def test_a_big_job_view_still_fits_one_reply_frame() -> None:
+    d = Driver()
+    steps = [step(f"s{i}", compensate=True, retries=3, backoff=0) for i in range(12)]
+    job, _ = d.register(plan(*steps))
+    for i in range(12):
+        for attempt in (1, 2, 3):
+            for _ in range(3):
+                d.fact(job, "HEARTBEAT", T0 + i, step=f"s{i}", attempt=attempt, pod=f"p{attempt}")
+            outcome = "succeeded" if attempt == 3 else "failed"
+            d.fact(
+                job,
+                "STEP_FINISHED",
+                T0 + i,
+                step=f"s{i}",
+                attempt=attempt,
+                outcome=outcome,
+                summary="é" * 4096,
+            )
+    view = d.view(job)
+    assert len(json.dumps({"job": view, "version": 999})) <= MAX_BODY_BYTES
+    assert view["state"] == "SUCCEEDED"
+    assert view["historyOmitted"] > 0
+    # What is kept is the newest history, ending with the job's last record.
+    assert view["history"][-1]["type"] == "JOB_FINISHED"
+    assert view["history"][-1]["seq"] == d.records[-1].seq
+    last = view["steps"][-1]
+    assert last["attempts"][-1]["summaryTruncated"] is True
+    assert last["attempts"][-1]["summary"] in ("é" * 512, "é" * 64, "")  # the tail, as far as it fits
+    assert last["attemptsOmitted"] == 2
+    assert [d["status"] for d in view["directives"]] == ["pending"]  # the finished directive
+    assert view["directivesOmitted"] == 36
+
+
+def test_a_small_job_view_is_complete() -> None:
+    d = Driver()
+    job, _ = d.register(plan(step("build", retries=1)))
+    d.fact(job, "STEP_FINISHED", T0 + 1, step="build", attempt=1, outcome="failed", summary="boom")
+    view = d.view(job)
+    assert view["historyOmitted"] == 0
+    assert len(view["history"]) == len(d.types(job))
+    assert view["steps"][0]["attemptsOmitted"] == 0
+    assert view["steps"][0]["attempts"][0]["summary"] == "boom"
+    assert "summaryTruncated" not in view["steps"][0]["attempts"][0]
+
+
+def test_a_listing_page_never_outgrows_a_reply_frame() -> None:
+    d = Driver()
+    big = plan()
+    big["requestedBy"] = "r" * 256
+    jobs = [d.register(big, T0)[0] for _ in range(300)]
+    page, cursor = d.model.list_jobs({}, None, 1000)
+    assert cursor is not None
+    assert 0 < len(page) < 300
+    assert len(json.dumps({"jobs": page, "next": cursor})) <= MAX_BODY_BYTES
+    seen = [j["jobId"] for j in page]
+    while cursor is not None:
+        page, cursor = d.model.list_jobs({}, cursor, 1000)
+        seen += [j["jobId"] for j in page]
+    assert seen == list(reversed(jobs))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
+from vms_adapter.protocol import MAX_BODY_BYTES
 from vms_adapter.server.model import ModelRejection
 
 from .fold import live_attempts
@@ -16,12 +18,33 @@ from .states import ALL_STATES
 BAD_REQUEST = "BAD_REQUEST"
 FILTERS = ("state", "template", "since", "until")
 CURSOR_PREFIX = "r"
+# A READ_JOB or LIST_JOBS reply must fit one frame body; leave room for the reply's envelope.
+VIEW_MAX_BYTES = MAX_BODY_BYTES - 4_000
+LIST_MAX_BYTES = MAX_BODY_BYTES - 6_000  # the journal adds a version to each summary
+VIEW_SUMMARY_CHARS = 512
 
 
-def _attempt_view(attempt: Attempt) -> dict[str, Any]:
+def _size(value: Any) -> int:
+    """Bytes of ``value`` as JSON (escaped ASCII, with spaces: at least what any encoder writes)."""
+    return len(json.dumps(value))
+
+
+def _attempt_view(attempt: Attempt, summary_chars: int | None) -> dict[str, Any]:
     view = {k: v for k, v in attempt.items() if k not in ("step", "claimedAt")}
     view["health"] = dict(attempt["health"]) if attempt["health"] is not None else None
+    summary = attempt["summary"]
+    if summary_chars is not None and summary is not None and len(summary) > summary_chars:
+        view["summary"] = summary[len(summary) - summary_chars :]  # the tail is where a failure shows
+        view["summaryTruncated"] = True
     return view
+
+
+def _attempts(attempts: Sequence[Attempt], summary_chars: int | None, last_only: bool) -> dict[str, Any]:
+    shown = attempts[-1:] if last_only else attempts
+    return {
+        "attempts": [_attempt_view(a, summary_chars) for a in shown],
+        "attemptsOmitted": len(attempts) - len(shown),
+    }
 
 
 def step_status(job: Job, name: str) -> str:
@@ -47,7 +70,40 @@ def current_step(job: Job) -> str | None:
     return None
 
 
+# Ever smaller views, tried in turn until one fits: (summary characters kept or None for all, only the
+# last attempt of each step, only the directives still pending).
+_FITTINGS = (
+    (None, False, False),
+    (VIEW_SUMMARY_CHARS, False, False),
+    (VIEW_SUMMARY_CHARS, True, False),
+    (64, True, True),
+    (0, True, True),
+)
+
+
 def job_view(job: Job, history: Sequence[HistoryEntry]) -> dict[str, Any]:
+    """The view, fitted into ``VIEW_MAX_BYTES``: if needed, summaries are cut to their tail, only the last
+    attempt of each step and the pending directives are shown, and the oldest history entries are left
+    out; every omission is counted in the view (``attemptsOmitted``, ``directivesOmitted``,
+    ``historyOmitted``), and ``xpipe-journal dump --job`` has everything."""
+    for summary_chars, last_only, pending_only in _FITTINGS:
+        view = _base_view(job, summary_chars, last_only, pending_only)
+        used = _size(view)
+        if used <= VIEW_MAX_BYTES:
+            break
+    kept: list[dict[str, Any]] = []
+    for entry in reversed(history):
+        used += _size(entry) + 2
+        if used > VIEW_MAX_BYTES:
+            break
+        kept.append(dict(entry))
+    kept.reverse()
+    view["history"] = kept
+    view["historyOmitted"] = len(history) - len(kept)
+    return view
+
+
+def _base_view(job: Job, summary_chars: int | None, last_only: bool, pending_only: bool) -> dict[str, Any]:
     plan = job["plan"]
     steps = []
     for step in plan["steps"]:
@@ -56,20 +112,21 @@ def job_view(job: Job, history: Sequence[HistoryEntry]) -> dict[str, Any]:
             runs = job["attempts"].get(compensation_of(step), [])
             compensation = {
                 "service": step["compensate"]["service"],
-                "attempts": [_attempt_view(a) for a in runs],
+                **_attempts(runs, summary_chars, last_only),
             }
         steps.append(
             {
                 "name": step["name"],
                 "service": step["service"],
                 "status": step_status(job, step["name"]),
-                "attempts": [_attempt_view(a) for a in job["attempts"].get(step["name"], [])],
+                **_attempts(job["attempts"].get(step["name"], []), summary_chars, last_only),
                 "compensation": compensation,
                 "revert": step["revert"],
             }
         )
     rollback = job["rollback"]
     diagnosis = job["diagnosis"]
+    directives = [d for d in job["directives"].values() if not pending_only or d["status"] == "pending"]
     return {
         "jobId": job["jobId"],
         "state": job["state"],
@@ -91,10 +148,13 @@ def job_view(job: Job, history: Sequence[HistoryEntry]) -> dict[str, Any]:
         "diagnosis": dict(diagnosis) if diagnosis else None,
         "steps": steps,
         "directives": [
-            {k: d[k] for k in ("id", "kind", "dueAt", "status", "createdAt", "settledAt", "event")}
-            for d in job["directives"].values()
+            {
+                **{k: d[k] for k in ("id", "kind", "dueAt", "status", "createdAt", "settledAt")},
+                "eventType": d["event"]["type"],
+            }
+            for d in directives
         ],
-        "history": [dict(h) for h in history],
+        "directivesOmitted": len(job["directives"]) - len(directives),
     }
 
 
@@ -168,13 +228,15 @@ def list_page(
     after: str | None,
     limit: int,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest registration first; ``order`` is (registration seq, job id) in ascending seq."""
+    """Newest registration first; ``order`` is (registration seq, job id) in ascending seq. A page ends at
+    ``limit`` jobs or when one more would not fit a reply frame, whichever comes first."""
     states, template, since, until = parse_filters(filters)
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise _reject("list limit: must be a positive integer")
     end = len(order) if after is None else bisect_left(order, (decode_cursor(after), ""))
     page: list[dict[str, Any]] = []
     last_seq = 0
+    used = 0
     for index in range(end - 1, -1, -1):
         seq, job_id = order[index]
         job = jobs[job_id]
@@ -186,8 +248,10 @@ def list_page(
             continue
         if until is not None and job["registeredAt"] >= until:
             continue
-        if len(page) == limit:
+        item = summary(job)
+        used += _size(item) + 2
+        if len(page) == limit or (page and used > LIST_MAX_BYTES):
             return page, encode_cursor(last_seq)
-        page.append(summary(job))
+        page.append(item)
         last_seq = seq
     return page, None
