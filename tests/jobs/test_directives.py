@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from vms_adapter.protocol import MAX_BODY_BYTES
 from vms_adapter.server.model import ModelRejection
 
 from .driver import T0, Driver, plan, step
@@ -158,3 +161,16 @@ def test_directives_of_returns_only_due_entries_of_the_given_records() -> None:
     assert [r.type for r in committed] == ["STEP_FINISHED", "STEP_DISPATCHED"]
     assert directives == []  # the retry is due in 30 s: a later sweep hands it out
     assert [x["kind"] for x in d.sweep(T0 + 31)[1]] == ["dispatch"]
+
+
+def test_a_sweep_hands_out_no_more_than_fit_one_reply_and_the_rest_next_time() -> None:
+    d = Driver()
+    jobs = [d.register(plan(step("build", heartbeat=10_000, timeout=10_000)), T0)[0] for _ in range(120)]
+    first = d.model.due_directives(T0 + 100, 60)
+    assert 0 < len(first) < 120
+    assert len(json.dumps({"seq": None, "records": 0, "directives": first})) <= MAX_BODY_BYTES
+    second = d.model.due_directives(T0 + 101, 60)
+    rest = d.model.due_directives(T0 + 102, 60)
+    handed = [x["jobId"] for x in first + second + rest]
+    assert sorted(handed) == sorted(jobs)
+    assert handed[: len(first)] == jobs[: len(first)]  # oldest first

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from vms_adapter.protocol import MAX_BODY_BYTES
 from vms_adapter.server.model import ModelRejection, NewRecord, Record
 
 from . import records as rt
@@ -29,6 +30,8 @@ INVALID_TRANSITION = "INVALID_TRANSITION"
 UNKNOWN_JOB = "UNKNOWN_JOB"
 UNKNOWN_DIRECTIVE = "UNKNOWN_DIRECTIVE"
 STATE_FORMAT = 1
+# The directives of one SWEEP reply must fit a frame body (with room for the reply's other keys).
+SWEEP_REPLY_MAX_BYTES = MAX_BODY_BYTES - 4_000
 
 # Facts that only renew a lease or claim a pod: nothing the reconciler reads changes.
 _LEASE_FACTS = frozenset({rt.HEARTBEAT, rt.STEP_STARTED})
@@ -240,7 +243,9 @@ class JobStateMachine:
         return {k: directive[k] for k in ("id", "jobId", "kind", "dueAt", "event")}
 
     def due_directives(self, now: float, redelivery_after_s: float) -> list[dict[str, Any]]:
-        due = []
+        """Oldest first, and no more than fit one reply frame: the rest go out with the next sweep."""
+        due: list[dict[str, Any]] = []
+        used = 0
         for ident, job_id in self._outbox.items():
             directive = self._jobs[job_id]["directives"][ident]
             if directive["dueAt"] > now:
@@ -248,8 +253,12 @@ class JobStateMachine:
             last = self._handed_out.get(ident)
             if last is not None and now - last < redelivery_after_s:
                 continue
+            public = self._public(dict(directive))
+            used += len(json.dumps(public)) + 2
+            if due and used > SWEEP_REPLY_MAX_BYTES:
+                break
             self._handed_out[ident] = now
-            due.append(self._public(dict(directive)))
+            due.append(public)
         return due
 
     def directives_of(self, records: Sequence[Record], now: float) -> list[dict[str, Any]]:
