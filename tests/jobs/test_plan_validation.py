@@ -39,6 +39,7 @@ BAD_PLANS = [
     (_set("onFailure", "retry"), "onFailure"),
     (_set("params", {"tag": 3}), "params.tag"),
     (_set("params", []), "params"),
+    (_set("params", {f"p{i}": "v" * 1000 for i in range(17)}), "params"),
     (_set("steps", []), "steps"),
     (_set("extra", 1), "extra"),
     (_set("steps.0.name", "a:b"), "steps[0].name"),

@@ -6,6 +6,7 @@ shapes it reads. Field paths in messages use the wire's camelCase names (``steps
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ MAX_SECONDS = 86_400
 MAX_TEXT = 256
 MAX_NAME = 253
 MAX_SUMMARY = 4096
+# Params travel in every step.run directive, which must fit a commit reply (one 32,000-byte frame).
+MAX_PARAMS_BYTES = 16_000
 STEP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 OUTCOMES = ("succeeded", "failed", "cancelled", "timed-out")
 REVERT_OUTCOMES = ("succeeded", "failed")
@@ -130,7 +133,9 @@ def check_plan(data: object) -> None:
     for key in params.data:
         if not isinstance(key, str) or not 1 <= len(key) <= 128:
             params.fail(params.name(str(key)), "parameter names must be 1 to 128 characters")
-        params.text(key, min_len=0, max_len=64 * 1024)
+        params.text(key, min_len=0, max_len=MAX_PARAMS_BYTES)
+    if len(json.dumps(params.data)) > MAX_PARAMS_BYTES:
+        plan.fail("params", f"must be at most {MAX_PARAMS_BYTES} bytes of JSON (every step.run carries them)")
     seen: set[str] = set()
     for index, raw in enumerate(plan.items("steps", min_items=1, max_items=MAX_STEPS)):
         step = Fields(rt.JOB_REGISTERED, raw, f"steps[{index}]")
