@@ -118,3 +118,27 @@ def test_refusals_reach_the_client_with_their_code_and_change_nothing(
         assert caught.value.code == "BAD_REQUEST"
         assert client.read_job(job)["version"] == version
     service.stop()
+
+
+def test_a_sweep_through_the_service_expires_leases_and_hands_out_the_retry(
+    tmp_path: Path, processes: list[ServiceProcess]
+) -> None:
+    service = ServiceProcess(tmp_path / "journal")
+    processes.append(service)
+    with service.client() as client:
+        the_plan = plan(step("build", retries=1, backoff=0, heartbeat=5))
+        registered = client.commit(
+            None, [{"type": "JOB_REGISTERED", "data": the_plan}], idempotency_key="reg"
+        )
+        job = registered.job_id
+        client.ack([d["id"] for d in registered.directives])
+        lease_until = client.read_job(job)["steps"][0]["attempts"][0]["leaseUntil"]
+        swept = client.sweep(now=lease_until + 1, redelivery_after=60)
+        assert swept.records == 2  # ATTEMPT_FAILED and the retry's STEP_DISPATCHED
+        assert [(d["kind"], d["event"]["data"]["attempt"]) for d in swept.directives] == [("dispatch", 2)]
+        view = client.read_job(job)
+        assert view["steps"][0]["attempts"][0]["reason"] == "lease-expired"
+        assert view["state"] == "PENDING"
+        # Within the redelivery interval the same sweep hands out nothing new.
+        assert client.sweep(now=lease_until + 2, redelivery_after=60).directives == []
+    service.stop()
