@@ -263,14 +263,19 @@ class StepHost:
     """The local step host (``python -m xpipe.backends.local_host``): runs step services as processes."""
 
     def __init__(self, sink_url: str, log_path: Path) -> None:
-        self.port = free_port()
+        # The test binds the port and hands the listening socket over: no window for another to take it.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        self.port = int(listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "xpipe.backends.local_host", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--sink", sink_url],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "xpipe.backends.local_host", "--listen-fd", str(listener.fileno()),
+                 "--sink", sink_url],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),),
             )  # fmt: skip
+        listener.close()
         self.log_path = log_path
         self.http = httpx.Client(base_url=self.url, timeout=60.0)
         deadline = time.monotonic() + START_TIMEOUT
