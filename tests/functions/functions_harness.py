@@ -172,16 +172,23 @@ class FunctionServer:
 
     def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
+        self.log_path = log_path
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("XPIPE_", "K_"))}
+        self.env.update({"PYTHONUNBUFFERED": "1", "THREADS": "8", **env})
+        self.port_retries = 3
+        self._start()
+
+    def _start(self) -> None:
+        # functions-framework takes a port number, not a socket: the free port may be taken by another
+        # process before gunicorn binds it, and then wait_until starts over on another port.
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("XPIPE_", "K_"))}
-        full_env.update({"PYTHONUNBUFFERED": "1", "THREADS": "8", **env})
-        with log_path.open("ab") as log:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [FUNCTIONS_FRAMEWORK, "--target", "handle", "--source", f"functions/{name}/main.py",
+                [FUNCTIONS_FRAMEWORK, "--target", "handle", "--source", f"functions/{self.name}/main.py",
                  "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.http = httpx.Client(base_url=self.url, timeout=30.0)
 
@@ -190,6 +197,12 @@ class FunctionServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                latest = self.log_path.read_bytes()[self._log_offset :]
+                if b"Address already in use" in latest and self.port_retries > 0:
+                    self.port_retries -= 1
+                    self.http.close()
+                    self._start()
+                    continue
                 raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.log()}")
             try:
                 if self.http.get(path, timeout=2.0).status_code == 200:
