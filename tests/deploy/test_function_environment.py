@@ -92,7 +92,7 @@ def test_functions_accept_the_environment_their_services_give_them(
         assert loaded.backend == "knative"
         assert loaded.steps_namespace == "xpipe-steps"
         assert loaded.broker == "default"
-        assert (loaded.journal_host, loaded.journal_port) == ("journal.openvms.example.internal", 7400)
+        assert (loaded.journal_host, loaded.journal_port) == ("journal.openvms.example.internal", 7430)
         assert loaded.journal_tls is True
         assert loaded.journal_secret == b"journal-shared-secret-for-tests"
         assert loaded.max_body_bytes == 1024 * 1024

@@ -527,7 +527,7 @@ def test_a_site_overlay_replaces_the_secret_templates_and_the_journal_endpoint(t
                         "name": "xpipe-journal",
                         "namespace": FUNCTIONS_NAMESPACE,
                         "behavior": "merge",
-                        "literals": ["XPIPE_JOURNAL=vms1.shop.internal:7400"],
+                        "literals": ["XPIPE_JOURNAL=vms1.shop.internal:7430"],
                     }
                 ],
             }
@@ -540,7 +540,7 @@ def test_a_site_overlay_replaces_the_secret_templates_and_the_journal_endpoint(t
     secret = find(docs, "Secret", FUNCTIONS_NAMESPACE, "xpipe-journal-secret", "")
     assert secret is not None
     assert base64.b64decode(secret["data"]["secret"]) == b"site-secret\n"
-    assert _config_value(docs, "XPIPE_JOURNAL") == "vms1.shop.internal:7400"
+    assert _config_value(docs, "XPIPE_JOURNAL") == "vms1.shop.internal:7430"
     assert _config_value(docs, "XPIPE_JOURNAL_TLS") == "true"
     assert len(docs) == len(render(KNATIVE / "overlays" / "prod"))
 
