@@ -424,6 +424,11 @@ def verdicts(results: dict[str, dict[int, Result]], raw_p50: float) -> list[str]
             f"- single-client p50 {journal[1].p50_ms:.3f} ms = {ratio:.1f}x the raw write+fsync p50 "
             f"{raw_p50:.3f} ms (target <= 2x): {met}"
         )
+        if 1 in results.get("postgres", {}):
+            pg_ratio = results["postgres"][1].p50_ms / raw_p50
+            lines.append(
+                f"- for comparison, PostgreSQL's single-client p50 is {pg_ratio:.1f}x the raw write+fsync"
+            )
     return lines
 
 
