@@ -14,7 +14,7 @@ from xpipe.journal import MAX_RECORD_BYTES, idempotency_key
 from xpipe.rollback import fit_report
 
 BASE = {
-    "XPIPE_JOURNAL": "127.0.0.1:7400",
+    "XPIPE_JOURNAL": "127.0.0.1:7430",
     "XPIPE_TOKENS_FILE": "/etc/tokens.yaml",
     "K_SINK": "http://broker/",
 }
@@ -22,7 +22,7 @@ BASE = {
 
 def test_defaults_are_documented_values() -> None:
     config = load(BASE)
-    assert (config.journal_host, config.journal_port) == ("127.0.0.1", 7400)
+    assert (config.journal_host, config.journal_port) == ("127.0.0.1", 7430)
     assert config.backend == "local"
     assert config.max_body_bytes == 1024 * 1024
     assert config.max_revision_timeout_seconds == 600
