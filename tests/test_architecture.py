@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+import vms_adapter
+from vms_adapter.client import JournalClient
+from vms_adapter.errors import JournalError
+
 ROOT = Path(__file__).resolve().parent.parent
 OPENVMS_SIDE = [ROOT / "vms_adapter" / "__init__.py", ROOT / "vms_adapter" / "protocol.py"]
 OPENVMS_PACKAGES = [ROOT / "vms_adapter" / "server"]
@@ -67,3 +71,9 @@ def test_the_import_checker_sees_a_forbidden_import(tmp_path: Path, name: str) -
     sample = tmp_path / "sample.py"
     sample.write_text(f"import os\nfrom {name}.x import y\n")
     assert (2, name) in set(imported_top_level(sample))
+
+
+def test_the_journal_client_and_its_errors_are_exported_from_the_package() -> None:
+    assert vms_adapter.JournalClient is JournalClient
+    assert issubclass(vms_adapter.JournalUnavailable, JournalError)
+    assert set(vms_adapter.__all__) >= {"JournalClient", "JournalUnavailable", "Conflict", "Rejected"}

@@ -4,3 +4,27 @@ The server side of this package (``protocol`` and ``server``) runs on VSI Python
 so it imports only the standard library; ``python -m vms_adapter.server`` loads this module too,
 which holds it to the same rule.
 """
+
+from vms_adapter.client import AckResult, CommitResult, JobPage, JournalClient, SweepResult
+from vms_adapter.errors import (
+    AuthenticationFailed,
+    Conflict,
+    JournalError,
+    JournalUnavailable,
+    ProtocolError,
+    Rejected,
+)
+
+__all__ = [
+    "AckResult",
+    "AuthenticationFailed",
+    "CommitResult",
+    "Conflict",
+    "JobPage",
+    "JournalClient",
+    "JournalError",
+    "JournalUnavailable",
+    "ProtocolError",
+    "Rejected",
+    "SweepResult",
+]
