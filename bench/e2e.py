@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +29,8 @@ import httpx
 from xpipe.devstack.running import RunningStack
 from xpipe.templates import service_name
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- e2e-bench:begin -->", "<!-- e2e-bench:end -->"
 DEMO = "demo-ok"
 STEPS = ("prepare", "build", "publish")
 IDLE_S = 2.0  # the step host's scale-to-zero window during the benchmark
@@ -124,6 +128,7 @@ def main() -> int:
     parser.add_argument("--jobs-per-submitter", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3, help="cold/warm rounds")
     parser.add_argument("--max-step-processes", type=int, default=8)
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="xpipe-bench-") as tmp:
         stack = RunningStack(
@@ -156,7 +161,48 @@ def main() -> int:
     if load["not_succeeded"]:
         print(f"not succeeded: {load['not_succeeded']}")
     print(json.dumps(result))
+    if not args.no_doc:
+        write_doc(result, args, time.monotonic() - started)
     return 0
+
+
+def write_doc(result: dict[str, Any], args: argparse.Namespace, took_s: float) -> None:
+    """Rewrite this benchmark's section of docs/benchmarks.md (the other sections are left alone)."""
+    load = result["throughput"]
+    lines = [
+        "## End to end: `xpipe up` (bench/e2e.py)",
+        "",
+        f"Command: `python bench/e2e.py --submitters {args.submitters} --jobs-per-submitter "
+        f"{args.jobs_per_submitter} --runs {args.runs} --max-step-processes {args.max_step_processes}` "
+        f"(part of `make bench`); run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"took {took_s:.0f} s.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
+        "",
+        "A real `xpipe up` (router, three functions, journal with durable commits, step host).",
+        f"Closed loop: each submitter submits {DEMO}, waits until the job is finished, and submits the",
+        "next. A step run is timed from its dispatch to its end as journaled (step runtime start-up when",
+        "cold, the command, the reply through the router and health-relay into the journal).",
+        "",
+        "| measure | result |",
+        "|---|---|",
+        f"| `xpipe up` to `ready` | {result['xpipe_up_ready_s']} s |",
+        f"| step run, cold (service scaled to zero), median of {result['step_samples']['cold']} | "
+        f"{result['step_cold_median_s']} s |",
+        f"| step run, warm, median of {result['step_samples']['warm']} | {result['step_warm_median_s']} s |",
+        f"| {DEMO} throughput, {load['submitters']} submitters, {load['jobs']} jobs | "
+        f"{load['jobs_per_s']} jobs/s |",
+        f"| submit to SUCCEEDED | p50 {load['p50_s']} s, p99 {load['p99_s']} s |",
+        f"| jobs not succeeded | {load['jobs'] - load['succeeded']} {load['not_succeeded'] or ''} |",
+    ]
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = "\n".join([BEGIN, *lines, END])
+    if BEGIN in text and END in text:
+        before, _, rest = text.partition(BEGIN)
+        _, _, after = rest.partition(END)
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(text)
 
 
 if __name__ == "__main__":
