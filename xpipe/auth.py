@@ -10,6 +10,11 @@ A presented token is hashed and compared with *every* known digest using ``hmac.
 time taken does not reveal how much of a digest matched nor which entry did. Tokens never appear in a
 log line, an exception message or a response; only the entry's ``name`` does.
 
+Broker deliveries carry no token (the Knative Broker forwards no custom header, and ApiServerSource and
+PingSource send none). health-relay and rollback, cluster-local behind a NetworkPolicy, may therefore
+run with ``XPIPE_TRUST_CLUSTER_DELIVERIES=true``: a request *without* the header is then taken as
+``CLUSTER_DELIVERY`` (relay scope), while a request *with* one is still checked (docs/deploy.md).
+
 ``python -m xpipe.auth NAME SCOPE`` prints a fresh random token (once, to hand to the caller) and the
 tokens-file entry to store.
 """
@@ -52,6 +57,10 @@ class Caller:
 
     name: str
     scope: Scope
+
+
+# Who a request without X-Token-XPipe is, where cluster deliveries are trusted: the Eventing data plane.
+CLUSTER_DELIVERY = Caller(name="cluster-delivery", scope="relay")
 
 
 @dataclass(frozen=True)
@@ -120,9 +129,13 @@ class TokenRegistry:
             raise Unauthenticated(f"invalid {HEADER} token")
         return Caller(name=found.name, scope=found.scope)
 
-    def authorize(self, token: str | None, scope: Scope) -> Caller:
-        """The caller, if its token is known and its scope is ``scope`` or ``admin``; else 401 or 403."""
-        caller = self.authenticate(token)
+    def authorize(self, token: str | None, scope: Scope, *, trust_missing: bool = False) -> Caller:
+        """The caller, if its token is known and its scope is ``scope`` or ``admin``; else 401 or 403.
+
+        With ``trust_missing`` a request without the header (``token is None``; an empty header is a
+        token, and wrong) is ``CLUSTER_DELIVERY``, which holds the relay scope only.
+        """
+        caller = CLUSTER_DELIVERY if token is None and trust_missing else self.authenticate(token)
         if caller.scope not in (scope, "admin"):
             raise Forbidden(
                 f"token {caller.name!r} has scope {caller.scope!r}; this function needs {scope!r}"

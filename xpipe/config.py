@@ -38,6 +38,7 @@ DEFAULT_STEP_IMAGE = "ghcr.io/xpipe/step:latest"
 DEFAULT_STEPS_NAMESPACE = "xpipe-steps"
 DEFAULT_BROKER = "default"
 SECRET_FILE_MAX_BYTES = 4096
+TRUST_CLUSTER_DELIVERIES = "XPIPE_TRUST_CLUSTER_DELIVERIES"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class FunctionConfig:
     local_step_host: str | None = None
     kubeconfig: str | None = None
     log_level: str = "INFO"
+    # XPIPE_TRUST_CLUSTER_DELIVERIES: a request without X-Token-XPipe is taken as a delivery from the
+    # cluster's Knative Eventing data plane (relay scope). Only health-relay and rollback, which sit
+    # cluster-local behind a NetworkPolicy, may run with it; submit refuses to start with it.
+    trust_cluster_deliveries: bool = False
 
 
 def _required(environ: Mapping[str, str], name: str, meaning: str) -> str:
@@ -100,6 +105,13 @@ def _integer(environ: Mapping[str, str], name: str, default: int, *, minimum: in
     if value < minimum:
         raise ConfigurationError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw not in ("", "0", "1", "false", "true"):
+        raise ConfigurationError(f"{name}={raw!r} must be true or false")
+    return raw in ("1", "true")
 
 
 def _journal_address(raw: str) -> tuple[str, int]:
@@ -193,4 +205,5 @@ def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:
         local_step_host=env.get("XPIPE_LOCAL_STEP_HOST", "").strip() or None,
         kubeconfig=env.get("KUBECONFIG", "").strip() or None,
         log_level=log_level,
+        trust_cluster_deliveries=_flag(env, TRUST_CLUSTER_DELIVERIES),
     )

@@ -62,9 +62,21 @@ class Endpoint:
         self._backend_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, name: str, scope: Scope, *, needs_backend: bool = False) -> Endpoint:
-        """Build everything from the environment; raises (and so refuses to start) if anything is wrong."""
+    def from_env(
+        cls, name: str, scope: Scope, *, needs_backend: bool = False, cluster_local: bool = False
+    ) -> Endpoint:
+        """Build everything from the environment; raises (and so refuses to start) if anything is wrong.
+
+        ``cluster_local`` says the function is reachable only inside the cluster, so it may trust
+        deliveries without a token when ``XPIPE_TRUST_CLUSTER_DELIVERIES`` says so; a public function
+        (submit) refuses to start with that setting.
+        """
         config = configuration.load()
+        if config.trust_cluster_deliveries and not cluster_local:
+            raise ConfigurationError(
+                f"{configuration.TRUST_CLUSTER_DELIVERIES}=true is refused by {name}: it is reachable from "
+                "outside the cluster, so every request must carry X-Token-XPipe"
+            )
         logs.configure(name, config.log_level)
         tls = _tls_context(config)
         client = JournalClient(
@@ -106,7 +118,8 @@ class Endpoint:
         log.info(
             "function configured",
             extra={"journal": f"{config.journal_host}:{config.journal_port}", "sink": config.sink,
-                   "backend": config.backend, "tokens": len(endpoint.tokens)},
+                   "backend": config.backend, "tokens": len(endpoint.tokens),
+                   "trustClusterDeliveries": config.trust_cluster_deliveries},
         )  # fmt: skip
         return endpoint
 
@@ -159,7 +172,9 @@ class Endpoint:
                 raise PayloadTooLarge(
                     f"body of {length} bytes exceeds the limit of {self.config.max_body_bytes}"
                 )
-            caller = self.tokens.authorize(request.headers.get(HEADER), self.scope)
+            caller = self.tokens.authorize(
+                request.headers.get(HEADER), self.scope, trust_missing=self.config.trust_cluster_deliveries
+            )
             event = parse_event(request, read_body(request, self.config.max_body_bytes))
             logs.bind_event(event["id"])  # structured mode: the id was not in a header
             answer = handler(event, caller)

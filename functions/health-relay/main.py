@@ -13,7 +13,7 @@ from flask import Request, Response
 from xpipe.endpoint import Endpoint
 from xpipe.relay import HealthRelay
 
-endpoint = Endpoint.from_env("health-relay", scope="relay")
+endpoint = Endpoint.from_env("health-relay", scope="relay", cluster_local=True)
 relay = HealthRelay(endpoint.journal, endpoint.outbox, redelivery_seconds=endpoint.config.redelivery_seconds)
 
 

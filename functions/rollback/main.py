@@ -13,7 +13,7 @@ from flask import Request, Response
 from xpipe.endpoint import Endpoint
 from xpipe.rollback import Countermeasures
 
-endpoint = Endpoint.from_env("rollback", scope="relay", needs_backend=True)
+endpoint = Endpoint.from_env("rollback", scope="relay", cluster_local=True, needs_backend=True)
 countermeasures = Countermeasures(endpoint.journal, endpoint.outbox, endpoint.backend)
 
 

@@ -407,6 +407,72 @@ def test_network_policy_lets_functions_reach_the_journal_port(rendered: Rendered
     assert sources == {"knative-serving", "kourier-system"}
 
 
+# Functions that take Broker deliveries, which carry no X-Token-XPipe (docs/deploy.md, "Broker deliveries
+# and X-Token-XPipe"): the only ones that may trust a request without a token.
+CLUSTER_DELIVERY_FUNCTIONS = {"health-relay", "rollback"}
+TRUST_FLAG = "XPIPE_TRUST_CLUSTER_DELIVERIES"
+
+
+def _selects(policy: Manifest, labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's podSelector (matchLabels, Exists and In only) selects these pod labels."""
+    selector = policy["spec"]["podSelector"]
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        assert operator in ("Exists", "In"), f"{ident(policy)}: operator {operator} not understood here"
+        if key not in labels or (operator == "In" and labels[key] not in expression["values"]):
+            return False
+    return True
+
+
+def _ingress_namespaces(docs: list[Manifest], ksvc: Manifest) -> set[str]:
+    """The namespaces every NetworkPolicy selecting the Service's pods admits ingress from (their union)."""
+    labels = ksvc["spec"]["template"]["metadata"]["labels"]
+    namespaces: set[str] = set()
+    for policy in of_kind(docs, "NetworkPolicy"):
+        if policy["metadata"]["namespace"] != ksvc["metadata"]["namespace"] or not _selects(policy, labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from"), f"{ident(policy)}: an ingress rule without 'from' admits everyone"
+            for peer in rule["from"]:
+                assert set(peer) == {"namespaceSelector"}, f"{ident(policy)}: peers are whole namespaces"
+                namespaces.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    return namespaces
+
+
+@pytest.mark.parametrize("target", FULL_TARGETS)
+def test_only_the_cluster_local_delivery_functions_trust_requests_without_a_token(
+    rendered: Rendered, target: str
+) -> None:
+    docs = rendered[target]
+    trusting = set()
+    for ksvc in knative_services(docs):
+        name = ksvc["metadata"]["name"]
+        value = _env(ksvc).get(TRUST_FLAG)
+        assert value in (None, "true", "false"), f"{ident(ksvc)}: {TRUST_FLAG}={value!r}"
+        for source in _container(ksvc).get("envFrom", []):  # never from a shared ConfigMap
+            configmap = find(docs, "ConfigMap", FUNCTIONS_NAMESPACE, source["configMapRef"]["name"], "")
+            assert configmap is not None
+            assert TRUST_FLAG not in configmap.get("data", {}), f"{ident(configmap)} sets {TRUST_FLAG}"
+        if value == "true":
+            trusting.add(name)
+            assert ksvc["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+    assert trusting == CLUSTER_DELIVERY_FUNCTIONS
+
+
+@pytest.mark.parametrize("target", FULL_TARGETS)
+def test_delivery_functions_admit_only_knative_networking_and_the_eventing_data_plane(
+    rendered: Rendered, target: str
+) -> None:
+    docs = rendered[target]
+    networking = {"knative-serving", "kourier-system"}
+    for ksvc in knative_services(docs):
+        name = ksvc["metadata"]["name"]
+        expected = networking | {"knative-eventing"} if name in CLUSTER_DELIVERY_FUNCTIONS else networking
+        assert _ingress_namespaces(docs, ksvc) == expected, ident(ksvc)
+
+
 def test_broker_and_every_trigger_live_in_the_steps_namespace(rendered: Rendered) -> None:
     """The Knative backend creates step Triggers in XPIPE_STEPS_NAMESPACE on XPIPE_BROKER, and a Trigger
     must be in its Broker's namespace."""

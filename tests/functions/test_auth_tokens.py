@@ -88,3 +88,17 @@ def test_the_token_generator_prints_an_entry_whose_digest_matches(
     path.write_text("\n".join(lines[2:]) + "\n")
     assert TokenRegistry.load(path).authorize(token, "submit").name == "magento"
     assert main(["x", "root"]) == 2
+
+
+def test_trusting_missing_tokens_admits_only_an_absent_header_and_only_for_relay(tmp_path: Path) -> None:
+    tokens = registry(tmp_path)
+    caller = tokens.authorize(None, "relay", trust_missing=True)
+    assert (caller.name, caller.scope) == ("cluster-delivery", "relay")
+    with pytest.raises(Unauthenticated):
+        tokens.authorize("", "relay", trust_missing=True)  # a header that is present is checked
+    with pytest.raises(Unauthenticated):
+        tokens.authorize("wrong", "relay", trust_missing=True)
+    with pytest.raises(Forbidden):
+        tokens.authorize(None, "submit", trust_missing=True)
+    with pytest.raises(Unauthenticated):
+        tokens.authorize(None, "relay")

@@ -29,6 +29,7 @@ def test_defaults_are_documented_values() -> None:
     assert config.templates_dir == BUILTIN_TEMPLATES_DIR
     assert config.journal_secret is None
     assert config.journal_tls is False
+    assert config.trust_cluster_deliveries is False
 
 
 def test_ipv6_journal_address_and_overrides_are_parsed() -> None:
@@ -54,6 +55,7 @@ def test_ipv6_journal_address_and_overrides_are_parsed() -> None:
         ({"XPIPE_JOURNAL_TIMEOUT_SECONDS": "inf"}, "XPIPE_JOURNAL_TIMEOUT_SECONDS"),
         ({"XPIPE_JOURNAL_TLS": "maybe"}, "XPIPE_JOURNAL_TLS"),
         ({"XPIPE_LOG_LEVEL": "loud"}, "XPIPE_LOG_LEVEL"),
+        ({"XPIPE_TRUST_CLUSTER_DELIVERIES": "yes"}, "XPIPE_TRUST_CLUSTER_DELIVERIES"),
         ({"K_CE_OVERRIDES": "{not json"}, "K_CE_OVERRIDES"),
         ({"K_CE_OVERRIDES": '{"extensions": {"a": 1}}'}, "K_CE_OVERRIDES"),
         ({"XPIPE_JOURNAL_SECRET_FILE": "/nonexistent/secret"}, "XPIPE_JOURNAL_SECRET_FILE"),
