@@ -117,6 +117,33 @@ def test_a_stale_expected_version_is_a_conflict_with_the_current_version(journal
         assert client.stats()["lastSeq"] == 2
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """An object nesting ``levels`` levels deep (itself counting as one)."""
+    data: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        data = {"a": data}
+    return data
+
+
+def test_record_data_nested_close_to_the_interpreter_limit_is_refused_and_the_service_keeps_serving(
+    journal: JournalServer,
+) -> None:
+    """About 986 levels fit in a frame and decoded, then failed to encode in the writer thread: one such
+    commit stopped the whole service."""
+    text = "{}"
+    for _ in range(985):
+        text = '{"a":' + text + "}"
+    body = ('{"idempotencyKey":"deep","records":[{"type":"x-deep","data":' + text + "}]}").encode()
+    raw = RawConnection(journal)
+    try:
+        raw.sock.sendall(protocol.frame_with_body(Opcode.COMMIT, 2, body))
+        reply = raw.read()
+        assert (reply.is_error, reply.body["code"]) == (True, "BAD_REQUEST"), reply.body
+    finally:
+        raw.close()
+    assert _commit_works(journal, "after-deep")
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -129,6 +156,10 @@ def test_a_stale_expected_version_is_a_conflict_with_the_current_version(journal
         ({"jobId": None, "idempotencyKey": "k", "records": []}, "records"),
         (
             {"jobId": None, "idempotencyKey": "k", "records": [{"type": "x-a", "data": [1]}]},
+            "records[0].data",
+        ),
+        (
+            {"jobId": None, "idempotencyKey": "k", "records": [{"type": "x-a", "data": _nested(65)}]},
             "records[0].data",
         ),
         ({"jobId": None, "idempotencyKey": "k", "records": [{"type": 5}]}, "records[0].type"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from vms_adapter.errors import Conflict, JournalUnavailable, Rejected
+from vms_adapter.errors import Conflict, JournalError, JournalUnavailable, Rejected
 from vms_adapter.server import reader, snapshots
 from vms_adapter.server import wal_format as fmt
 from vms_adapter.server.journal import Journal, StorageOptions
@@ -254,6 +254,18 @@ def test_corruption_refuses_to_open_and_salvage_keeps_the_sound_prefix(tmp_path:
         assert reader.list_segments(str(tmp_path / "j"))[-1] == names[1]
     finally:
         salvaged.close()
+
+
+def test_a_record_the_encoder_cannot_nest_is_refused_without_stopping_the_journal(running: Running) -> None:
+    data: dict[str, Any] = {}
+    for _ in range(5000):  # beyond the interpreter's recursion limit
+        data = {"a": data}
+    deep = CommitRequest(None, "deep", None, [IncomingRecord("x-a", data)])
+    with pytest.raises(JournalError) as caught:
+        running.writer.submit(deep, TIMEOUT_S)
+    assert caught.value.code == "INTERNAL"
+    assert running.journal.failed is None
+    assert running.commit("after")["seq"] == 1
 
 
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:

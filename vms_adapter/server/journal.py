@@ -172,7 +172,7 @@ class Journal:
         records = [Record(first + i, r.job_id, r.type, r.data, now) for i, r in enumerate(new_records)]
         try:
             record_bytes = b"".join(fmt.encode_record(r) for r in records)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # nothing has changed yet: refuse this one
             raise JournalError(f"a record cannot be stored: {exc}", code=INTERNAL) from None
         try:
             for record in records:

@@ -24,6 +24,11 @@ MAX_ID_CHARS = 128
 MAX_TYPE_CHARS = 128
 MAX_KEY_CHARS = 256
 MAX_RECORDS = 1000
+# Nesting levels of a record's data. Python's JSON coder recurses, and the writer re-encodes every record
+# with less stack to spare than the connection thread that decoded it: data nested close to the
+# interpreter's limit (about 1,000 levels, which fit in one frame) was accepted and then failed in the
+# writer thread, which stopped the whole service. No pipeline fact needs more than a few levels.
+MAX_DATA_DEPTH = 64
 MAX_ACK_IDS = 1000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -68,6 +73,21 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests arrays and objects (a scalar is 0), without recursing."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_DATA_DEPTH:
+            break
+        level.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _records(value: object) -> list[IncomingRecord]:
     if not isinstance(value, list) or not value:
         raise _bad("records must be a non-empty array", field="records")
@@ -82,6 +102,8 @@ def _records(value: object) -> list[IncomingRecord]:
         data = item.get("data", {})
         if not isinstance(data, dict):
             raise _bad(f"{name}.data must be an object", field=f"{name}.data")
+        if _depth(data) > MAX_DATA_DEPTH:
+            raise _bad(f"{name}.data nests deeper than {MAX_DATA_DEPTH} levels", field=f"{name}.data")
         job_id = item.get("jobId")
         result.append(
             IncomingRecord(
