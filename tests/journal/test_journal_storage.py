@@ -268,6 +268,31 @@ def test_a_record_the_encoder_cannot_nest_is_refused_without_stopping_the_journa
     assert running.commit("after")["seq"] == 1
 
 
+def test_a_failure_between_groups_stops_the_journal_instead_of_killing_the_writer(tmp_path: Path) -> None:
+    """Before: an exception other than StorageFailure in after_group (here a snapshot the model cannot
+    dump) ended the writer thread silently; every later commit waited out its time-out, for ever."""
+
+    class UndumpableModel(OpenModel):
+        def dump_state(self) -> dict[str, Any]:
+            raise RuntimeError("state cannot be dumped")
+
+    stopped: list[str] = []
+    journal = Journal.open(str(tmp_path / "j"), UndumpableModel, StorageOptions(snapshot_every=1))
+    writer = CommitWriter(journal, on_fatal=stopped.append)
+    writer.start()
+    try:
+        first = CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})])
+        assert writer.submit(first, TIMEOUT_S)["seq"] == 1
+        with pytest.raises(JournalUnavailable, match="stopping"):  # not "did not complete within"
+            writer.submit(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+        assert len(stopped) == 1
+        assert "state cannot be dumped" in stopped[0]
+        assert writer.stop(TIMEOUT_S), "the writer thread has ended"
+    finally:
+        writer.stop()
+        journal.close()
+
+
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:
     stopped: list[str] = []
     journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())

@@ -227,14 +227,18 @@ class CommitWriter:
                 self._ready.notify()
         return request.pending.wait(timeout_s)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Finish everything already queued, then stop the thread."""
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Finish everything already queued, then stop the thread; False if it is still running after
+        ``timeout_s`` (stuck in a write or fsync): then nothing else may touch the journal's state or
+        files, since the writer may still change them."""
         with self._ready:
             if not self._stopping:
                 self._stopping = True
                 self._items.append(_STOP)
                 self._ready.notify()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def _next_group(self) -> tuple[list[WriteRequest], bool]:
         """Wait for work; then (adaptive group commit) linger briefly while fewer transactions are queued
@@ -298,6 +302,10 @@ class CommitWriter:
             journal.after_group()
         except StorageFailure as exc:
             self._fail([], str(exc))
+            return False
+        except Exception as exc:  # the writer must never die silently: later requests would hang
+            log.exception("writer thread failed between groups")
+            self._fail([], f"unexpected writer error between groups: {exc!r}")
             return False
         return True
 
