@@ -6,8 +6,10 @@ Torn tails are checked at every byte offset and bit flips at every bit, on bytes
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 from vms_adapter.errors import Conflict, JournalError, JournalUnavailable, Rejected
-from vms_adapter.server import reader, snapshots
+from vms_adapter.server import reader, service, snapshots
 from vms_adapter.server import wal_format as fmt
 from vms_adapter.server.journal import Journal, StorageOptions
 from vms_adapter.server.open_model import OpenModel
@@ -291,6 +293,50 @@ def test_a_failure_between_groups_stops_the_journal_instead_of_killing_the_write
     finally:
         writer.stop()
         journal.close()
+
+
+def test_a_shutdown_that_outlasts_the_writer_grace_takes_no_snapshot_of_undurable_state(
+    tmp_path: Path,
+) -> None:
+    """Before: after the grace period the main thread snapshotted and closed the journal while the writer
+    was still between evolve and fsync; the snapshot held a record that never became durable."""
+    inside, release = threading.Event(), threading.Event()
+
+    class SlowModel(OpenModel):
+        def evolve(self, record: Any) -> None:
+            super().evolve(record)
+            if record.type == "x-slow":
+                inside.set()
+                release.wait(TIMEOUT_S)
+
+    path = str(tmp_path / "j")
+    journal = Journal.open(path, SlowModel, StorageOptions())
+    writer = CommitWriter(journal)
+    writer.start()
+    job = writer.submit(CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)["jobId"]
+    slow = threading.Thread(
+        target=writer.submit, args=(CommitRequest(job, "k2", None, [IncomingRecord("x-slow", {})]), TIMEOUT_S)
+    )
+    slow.start()
+    try:
+        assert inside.wait(TIMEOUT_S)
+        err = io.StringIO()
+        code = service.shut_down(journal, writer, lambda _s: None, [], err=err, grace_s=0.2)
+        assert code == service.EXIT_STORAGE_FAILED
+        assert "did not finish" in err.getvalue()
+        assert snapshots.list_snapshots(path) == []
+    finally:
+        release.set()
+        slow.join(TIMEOUT_S)
+    assert writer.stop(TIMEOUT_S)
+    journal.close()
+    reopened = Journal.open(path, OpenModel, StorageOptions())
+    try:
+        assert [r["seq"] for r in reopened.read_job(job)["records"]] == list(
+            range(1, reopened.state.last_seq + 1)
+        )
+    finally:
+        reopened.close()
 
 
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:

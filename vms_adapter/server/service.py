@@ -10,6 +10,7 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TextIO
 
@@ -114,9 +115,34 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
         writer.stop()
         journal.close()
         return EXIT_CONFIG
+    return shut_down(journal, writer, front.close_connections, fatal, err=err)
+
+
+def shut_down(
+    journal: Journal,
+    writer: CommitWriter,
+    close_connections: Callable[[float], None],
+    fatal: list[str],
+    *,
+    err: TextIO,
+    grace_s: float = SHUTDOWN_GRACE_S,
+) -> int:
+    """Finish queued commits, close connections, snapshot and close the journal; the exit code.
+
+    The snapshot and ``journal.close`` run only once the writer thread has ended: a writer still inside a
+    write or fsync after the grace period may be between ``evolve`` and its fsync, so a snapshot then
+    would record state that is not durable, and closing the segment under it could hand its file
+    descriptor to another file. Then the service exits without them (the segments are authoritative).
+    """
     log.info("stopping: finishing queued commits")
-    writer.stop(SHUTDOWN_GRACE_S)
-    front.close_connections(SHUTDOWN_GRACE_S)
+    drained = writer.stop(grace_s)
+    close_connections(grace_s)
+    if not drained:
+        print(
+            f"xpipe-journal: the writer did not finish within {grace_s:g} s; stopped without a snapshot",
+            file=err,
+        )
+        return EXIT_STORAGE_FAILED
     if not fatal:
         journal.take_snapshot(background=False)
     journal.close()
