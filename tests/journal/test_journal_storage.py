@@ -20,7 +20,9 @@ from vms_adapter.errors import Conflict, JournalError, JournalUnavailable, Rejec
 from vms_adapter.server import reader, service, snapshots
 from vms_adapter.server import wal_format as fmt
 from vms_adapter.server.journal import Journal, StorageOptions
+from vms_adapter.server.model import Record
 from vms_adapter.server.open_model import OpenModel
+from vms_adapter.server.state import JournalState
 from vms_adapter.server.writer import CommitRequest, CommitWriter, IncomingRecord
 
 TIMEOUT_S = 10.0
@@ -156,6 +158,16 @@ def test_expired_idempotency_keys_are_forgotten(tmp_path: Path) -> None:
         assert again.commit("k")["seq"] == original["seq"] + 1
     finally:
         again.close()
+
+
+def test_a_key_reused_after_its_retention_does_not_stop_the_pruning_of_older_keys() -> None:
+    state = JournalState()
+    for seq, (key, at) in enumerate([("a", 0.0), ("b", 1.0), ("a", 100.0)], start=1):
+        record = Record(seq, "j-00000001", "x-a", {}, at)
+        state.apply([record], {"time": at, "key": key, "reply": {"seq": seq}})
+    assert state.forget_keys_before(50.0) == 1
+    assert list(state.keys) == ["a"]
+    assert state.keys["a"].reply == {"seq": 3}
 
 
 def test_truncation_at_every_byte_offset_recovers_exactly_the_complete_transactions(running: Running) -> None:

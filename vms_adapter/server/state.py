@@ -74,6 +74,9 @@ class JournalState:
                 self.job_counter = max(self.job_counter, int(match.group(1)))
         key, reply = marker.get("key"), marker.get("reply")
         if isinstance(key, str) and isinstance(reply, dict):
+            # A key used again after its retention ran out moves to the end: assigning to an existing key
+            # would keep its old place at the front, and forget_keys_before would stop there.
+            self.keys.pop(key, None)
             self.keys[key] = KeyEntry(float(marker["time"]), reply)
 
     def forget_keys_before(self, cutoff: float) -> int:
