@@ -18,6 +18,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import struct
 import zlib
@@ -42,6 +43,7 @@ _KNOWN_FLAGS = FLAG_REPLY | FLAG_ERROR
 NONCE_BYTES = 32
 AUTH_HMAC_SHA256 = "hmac-sha256"
 AUTH_NONE = "none"
+_NONCE_HEX = re.compile(f"[0-9a-f]{{{2 * NONCE_BYTES}}}")
 CLIENT_PROOF_TAG = b"xpipe-journal/v1 client proof\x00"
 SERVER_PROOF_TAG = b"xpipe-journal/v1 server proof\x00"
 
@@ -206,13 +208,13 @@ def new_nonce() -> str:
 
 
 def parse_nonce(value: object) -> bytes:
-    """The raw bytes of a hex nonce from a HELLO body; ``ProtocolError`` if it is malformed."""
-    if not isinstance(value, str) or len(value) != 2 * NONCE_BYTES:
-        raise ProtocolError(f"a nonce is {2 * NONCE_BYTES} hex digits", code=BAD_REQUEST)
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ProtocolError("a nonce is hex digits", code=BAD_REQUEST) from None
+    """The raw bytes of a hex nonce from a HELLO body; ``ProtocolError`` if it is malformed.
+
+    Checked against the exact spelling (``bytes.fromhex`` alone also takes upper case and spaces, so
+    64 characters could carry fewer than 32 bytes)."""
+    if not isinstance(value, str) or not _NONCE_HEX.fullmatch(value):
+        raise ProtocolError(f"a nonce is {2 * NONCE_BYTES} lower-case hex digits", code=BAD_REQUEST)
+    return bytes.fromhex(value)
 
 
 def hello_proof(secret: bytes, tag: bytes, server_nonce: bytes, client_nonce: bytes) -> str:

@@ -71,6 +71,23 @@ def test_hello_vectors_carry_proofs_computed_from_the_documented_secret() -> Non
     assert not protocol.proof_matches(client, None)
 
 
+@pytest.mark.parametrize(
+    "nonce",
+    ["00 " * 20 + "0000", "AB" * 32, "ab" * 31, "ab" * 33, "+0" * 32, None, 7],
+    ids=["spaces-make-22-bytes", "upper-case", "short", "long", "sign", "null", "number"],
+)
+def test_a_nonce_that_is_not_64_lower_case_hex_digits_is_refused(nonce: object) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_nonce(nonce)
+    assert caught.value.code == "BAD_REQUEST"
+
+
+def test_a_well_formed_nonce_gives_its_32_bytes() -> None:
+    nonce = protocol.new_nonce()
+    assert protocol.parse_nonce(nonce) == bytes.fromhex(nonce)
+    assert len(protocol.parse_nonce(nonce)) == protocol.NONCE_BYTES
+
+
 def test_header_layout_is_eighteen_big_endian_bytes() -> None:
     data = protocol.encode_frame(Opcode.PING, 0x01020304, {}, flags=protocol.FLAG_REPLY)
     assert data[:2] == b"XJ"
