@@ -19,6 +19,7 @@ JOB_REGISTERED = "com.xpipe.job.registered"
 STEP_RUN = "com.xpipe.step.run"
 STEP_HEARTBEAT = "com.xpipe.step.heartbeat"
 STEP_FINISHED = "com.xpipe.step.finished"
+STEP_CANCEL = "com.xpipe.step.cancel"
 JOB_ROLLBACK_REQUESTED = "com.xpipe.job.rollback.requested"
 JOB_DIAGNOSTIC_REQUESTED = "com.xpipe.job.diagnostic.requested"
 JOB_FINISHED = "com.xpipe.job.finished"
@@ -107,6 +108,20 @@ class StepFinished(EventData):
     exit_code: int | None = None
     duration_seconds: float | None = Field(default=None, ge=0.0)
     summary: str = Field(default="", max_length=SUMMARY_MAX_BYTES)
+    pod: str | None = None
+
+
+class StepCancel(EventData):
+    """`com.xpipe.step.cancel`: the job was cancelled while this attempt may be running; stop it.
+
+    Routed to the rollback function, not to the step Service: a busy step pod (containerConcurrency 1)
+    would never receive it. `pod` is the pod the attempt's heart-beats named, when there was one.
+    """
+
+    job_id: str
+    step: str
+    attempt: int = Field(ge=1)
+    reason: str
     pod: str | None = None
 
 

@@ -8,12 +8,17 @@ event and reports its outcome as a fact:
 - ``revert`` -> pin the Knative Service's traffic to its previous ready revision through the backend,
   then ``REVERT_FINISHED`` with the outcome;
 - ``diagnose`` -> collect pods, container states, restarts, events and log tails through the backend,
-  then ``DIAGNOSTIC_REPORT`` (cut to fit one journal record).
+  then ``DIAGNOSTIC_REPORT`` (cut to fit one journal record);
+- ``com.xpipe.step.cancel`` (a ``cancel`` directive, JOBS.md §9) -> stop the instance running the attempt
+  through the backend (``stop_attempt``). Nothing is committed: the journal already ended the attempt
+  (``ATTEMPT_CANCELLED``), and the step runtime's ``cancelled`` reply is the late fact it accepts.
 
 Side effects and redelivery: a revert moves the pin one revision back each time it is done, so before
 acting the function reads the job and acts only while the journal still waits for that directive's
 action (the saga action is ``running`` with this directive id, or the diagnosis is ``requested``). What
-remains is the narrow window between the backend call and the commit of its outcome.
+remains is the narrow window between the backend call and the commit of its outcome. A cancel likewise
+acts only on an attempt the journal shows as cancelled, and takes the pod from the journal's view, so a
+forged or stale delivery cannot stop a live attempt.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ from xpipe.auth import Caller
 from xpipe.backends.base import BackendError, ExecutionBackend
 from xpipe.errors import MalformedEvent
 from xpipe.events import (
+    EXT_STEP,
     JOB_DIAGNOSTIC_REQUESTED,
     JOB_ROLLBACK_REQUESTED,
+    STEP_CANCEL,
     JobDiagnosticRequested,
     JobRollbackRequested,
+    StepCancel,
 )
 from xpipe.http import event_data
 from xpipe.journal import MAX_RECORD_BYTES, JobJournal, idempotency_key
@@ -93,8 +101,22 @@ def _directive(
     return request.job_id, dict(directive)
 
 
+def _attempt_view(view: dict[str, Any], label: str, number: int) -> dict[str, Any] | None:
+    """The job view's entry for attempt `number` of step label `label` (`<name>:compensate` included)."""
+    name, _, suffix = label.partition(":")
+    for step in view.get("steps") or []:
+        if not isinstance(step, dict) or step.get("name") != name:
+            continue
+        holder = step.get("compensation") if suffix == "compensate" else step
+        for attempt in (holder or {}).get("attempts") or []:
+            if isinstance(attempt, dict) and attempt.get("attempt") == number:
+                return attempt
+    return None
+
+
 class Countermeasures:
-    """Performs the journal's rollback, revert and diagnose directives and commits their outcomes."""
+    """Performs the journal's rollback, revert, diagnose and cancel directives (committing the outcomes
+    of the first three)."""
 
     def __init__(self, journal: JobJournal, outbox: Outbox, backend: Callable[[], ExecutionBackend]) -> None:
         self.journal = journal
@@ -121,8 +143,31 @@ class Countermeasures:
             if directive["action"] != "diagnose":
                 raise MalformedEvent(f"unknown diagnostic action {directive['action']!r}")
             self._diagnose(job_id, directive, key)
+        elif event["type"] == STEP_CANCEL:
+            self._cancel(event)
         else:
             raise MalformedEvent(f"rollback does not handle {event['type']!r} events")
+
+    def _cancel(self, event: CloudEvent) -> None:
+        try:
+            cancel = StepCancel.model_validate(event_data(event))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise MalformedEvent(f"data.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        service = event.get(EXT_STEP)
+        if not isinstance(service, str) or not service:
+            raise MalformedEvent(f"a step.cancel names the step service in the {EXT_STEP} extension")
+        logs.bind_job(cancel.job_id)
+        extra = {"service": service, "attempt": f"{cancel.step}/{cancel.attempt}"}
+        found = _attempt_view(self.journal.job(cancel.job_id), cancel.step, cancel.attempt)
+        if found is None or found.get("outcome") != "cancelled":
+            # Not (or no longer shown as) an attempt the journal cancelled: never stop a live attempt.
+            log.warning("cancel of an attempt the journal did not cancel; ignored", extra=extra)
+            return
+        pod = found.get("pod") if isinstance(found.get("pod"), str) else None
+        stopped = self.backend().stop_attempt(service, pod, cancel.job_id, cancel.step, cancel.attempt)
+        log.info("cancelled attempt stopped" if stopped else "cancelled attempt: nothing left to stop",
+                 extra={**extra, "pod": pod})  # fmt: skip
 
     @staticmethod
     def _still_directed(view: dict[str, Any], directive_id: str) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from xpipe.backends.base import Conflict, NotFound, PermissionDenied, StepServiceSpec
-from xpipe.backends.knative import KnativeBackend
+from xpipe.backends.knative import POD_STOP_GRACE_SECONDS, KnativeBackend
 
 SCHEMAS = Path("/work/shared/schemas/knative")
 NAMESPACE = "xpipe-steps"
@@ -320,3 +320,69 @@ async def test_diagnostics_report_pods_restarts_events_and_log_tails(
     assert entry["events"][0]["reason"] == "BackOff"
     assert report["jobId"] == "job-1"
     assert any("ghost" in error for error in report["errors"])  # best effort: the missing one is named
+
+
+def step_pod(name: str, service: str) -> dict[str, Any]:
+    labels = {"serving.knative.dev/service": service}
+    metadata = {"name": name, "namespace": NAMESPACE, "labels": labels}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "status": {"phase": "Running"}}
+
+
+def live_pods(server: kmock.KubernetesEmulator) -> set[str]:
+    """Pods that exist (kmock keeps a deleted object's history, marked deleted)."""
+    return {key[2] for key, history in server.objects.items() if key[0] == "v1/pods" and not history.deleted}
+
+
+async def test_stop_attempt_deletes_the_attempts_pod_with_a_bounded_grace_period(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    running = "demo-ok-deploy-00001-deployment-abc"
+    kmock.objects["v1/pods", NAMESPACE, running] = step_pod(running, "demo-ok-deploy")
+    kmock.objects["v1/pods", NAMESPACE, "demo-ok-deploy-00001-deployment-def"] = step_pod(
+        "demo-ok-deploy-00001-deployment-def", "demo-ok-deploy"
+    )
+
+    stopped = await asyncio.to_thread(backend.stop_attempt, "demo-ok-deploy", running, "job-1", "deploy", 1)
+    assert stopped is True
+    (delete,) = [r for r in kmock if r.method == "DELETE"]
+    assert delete.url.path == f"/api/v1/namespaces/{NAMESPACE}/pods/{running}"
+    assert delete.params["gracePeriodSeconds"] == str(POD_STOP_GRACE_SECONDS)
+    assert 0 < POD_STOP_GRACE_SECONDS <= 30
+    assert live_pods(kmock) == {"demo-ok-deploy-00001-deployment-def"}  # the other replica keeps running
+
+    # Idempotent: the pod is gone, so a redelivered cancel deletes nothing.
+    again = await asyncio.to_thread(backend.stop_attempt, "demo-ok-deploy", running, "job-1", "deploy", 1)
+    assert again is False
+    assert len([r for r in kmock if r.method == "DELETE"]) == 1
+
+
+async def test_stop_attempt_never_deletes_a_pod_of_another_service_or_guesses_one(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    kmock.objects["v1/pods", NAMESPACE, "shop-00003-deployment-x"] = step_pod(
+        "shop-00003-deployment-x", "shop"
+    )
+    kmock.objects["v1/pods", NAMESPACE, "demo-ok-deploy-00001-deployment-abc"] = step_pod(
+        "demo-ok-deploy-00001-deployment-abc", "demo-ok-deploy"
+    )
+    foreign = await asyncio.to_thread(
+        backend.stop_attempt, "demo-ok-deploy", "shop-00003-deployment-x", "job-1", "deploy", 1
+    )
+    assert foreign is False  # a stale or forged pod name never takes down another service's pod
+    no_pod = await asyncio.to_thread(backend.stop_attempt, "demo-ok-deploy", None, "job-1", "deploy", 1)
+    assert no_pod is False  # an attempt that never sent a heart-beat named no pod: nothing is guessed
+    assert not [r for r in kmock if r.method == "DELETE"]
+    assert len(live_pods(kmock)) == 2
+
+
+async def test_stop_attempt_without_delete_permission_names_what_is_missing(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    running = "demo-ok-deploy-00001-deployment-abc"
+    kmock.objects["v1/pods", NAMESPACE, running] = step_pod(running, "demo-ok-deploy")
+    message = f'pods "{running}" is forbidden: User cannot delete resource "pods"'
+    forbidden = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "message": message}
+    kmock["delete", kmock.resource("v1/pods")] << 403 << forbidden
+    with pytest.raises(PermissionDenied) as caught:
+        await asyncio.to_thread(backend.stop_attempt, "demo-ok-deploy", running, "job-1", "deploy", 1)
+    assert (caught.value.verb, caught.value.resource, caught.value.namespace) == ("delete", "pods", NAMESPACE)

@@ -223,19 +223,90 @@ def test_revert_and_restore_change_which_revision_runs(backend: LocalBackend, ho
     assert "version two" in step_run(host, "versions", "c").json()["summary"]
 
 
-def test_process_cap_answers_429_when_every_process_is_busy(backend: LocalBackend, host: Host) -> None:
-    backend.ensure_step_service(python_step("busy", "import time; time.sleep(1.5)"))
+def test_process_cap_answers_429_when_every_process_is_busy(
+    backend: LocalBackend, host: Host, tmp_path: Path
+) -> None:
+    # Each command runs until the test releases it (bounded to 30 s): both stay busy however slow the
+    # machine is, so the two runs overlap for certain.
+    release = tmp_path / "release"
+    code = (
+        "import os, sys, time\n"
+        "deadline = time.monotonic() + 30\n"
+        "while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+    )
+    backend.ensure_step_service(python_step("busy", code))
+    # Processes of earlier tests count against the cap until they have exited (even while the idle
+    # reaper stops them): start from zero, so that the two runs get the two slots.
+    wait_until(lambda: all(s["replicas"] == 0 for s in backend.services()), what="every service at zero")
     replies: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda: replies.append(step_run(host, "busy", "x"))) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: replies.append(step_run(host, "busy", str(release))))
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
-    wait_until(lambda: replicas(backend, "busy") == 2, what="two busy processes")
-    refused = step_run(host, "busy", "y")
-    assert refused.status_code == 429
-    assert refused.headers["retry-after"] == "1"
-    for thread in threads:
-        thread.join(60)
+    try:
+        wait_until(lambda: replicas(backend, "busy") == 2, what="two busy processes")
+        refused = step_run(host, "busy", "y")
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+    finally:
+        release.write_text("go")
+        for thread in threads:
+            thread.join(60)
     assert [r.json()["outcome"] for r in replies] == ["succeeded", "succeeded"]
+
+
+def test_stopping_a_running_attempt_answers_its_held_request_cancelled(
+    backend: LocalBackend, host: Host, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "command-pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    backend.ensure_step_service(python_step("long", code))
+    replies: list[httpx.Response] = []
+    request = threading.Thread(
+        target=lambda: replies.append(step_run(host, "long", str(pid_file), job="job-c"))
+    )
+    request.start()
+    wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", what="the command to run")
+    service = next(s for s in backend.services() if s["name"] == "long")
+    (process,) = [p for p in service["processes"] if p["state"] == "busy"]
+
+    started = time.monotonic()
+    assert backend.stop_attempt("long", process["pod"], "job-c", "long", 1) is True
+    request.join(20)
+    assert not request.is_alive(), "the held step.run was not answered"
+    assert time.monotonic() - started < 15, "a 60 s command was not cut short"
+    (reply,) = replies
+    assert reply.status_code == 200
+    assert reply.headers["ce-type"] == "com.xpipe.step.finished"
+    assert reply.json()["outcome"] == "cancelled"
+    assert reply.json()["pod"] == process["pod"]
+    command = Path(f"/proc/{pid_file.read_text()}")
+    wait_until(lambda: not command.exists(), timeout=5.0, what="the command to be gone")
+    assert replicas(backend, "long") == 0  # the stopped process exited, like a deleted pod
+
+    # Idempotent: the attempt has ended, and an attempt that never ran here has nothing to stop.
+    assert backend.stop_attempt("long", process["pod"], "job-c", "long", 1) is False
+    assert backend.stop_attempt("long", None, "job-never", "long", 1) is False
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"service": "long", "jobId": "j", "step": "s"},
+        {"service": "", "jobId": "j", "step": "s", "attempt": 1},
+        {"service": "long", "jobId": "j", "step": "s", "attempt": True},
+        {"service": "long", "jobId": "j", "step": "s", "attempt": 0},
+        [1],
+    ],
+    ids=["no-attempt", "empty-service", "bool-attempt", "attempt-zero", "not-an-object"],
+)
+def test_a_stop_request_must_name_the_attempt(host: Host, body: Any) -> None:
+    response = httpx.post(f"{host.url}/attempts/stop", json=body, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["message"]
 
 
 def test_bad_requests_and_unknown_services(backend: LocalBackend, host: Host) -> None:

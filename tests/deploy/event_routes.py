@@ -23,6 +23,7 @@ BROKER_ROUTES: dict[str, tuple[str, ...]] = {
     "rollback": (
         events.JOB_ROLLBACK_REQUESTED,
         events.JOB_DIAGNOSTIC_REQUESTED,
+        events.STEP_CANCEL,  # stopped through the backend: a busy step pod takes no second request
     ),
 }
 

@@ -356,9 +356,13 @@ def test_rbac_is_namespaced_least_privilege(rendered: Rendered, target: str) -> 
     for binding in of_kind(docs, "RoleBinding"):
         assert binding["roleRef"]["kind"] == "Role", f"{ident(binding)} binds a {binding['roleRef']['kind']}"
     writable = {key for key, verbs in grants.items() if verbs & WRITE_VERBS}
-    assert writable == {("serving.knative.dev", "services"), ("eventing.knative.dev", "triggers")}
-    for key in writable:
+    assert writable == {
+        ("serving.knative.dev", "services"), ("eventing.knative.dev", "triggers"), ("", "pods")
+    }  # fmt: skip
+    for key in writable - {("", "pods")}:
         assert grants[key] == {"get", "create", "patch"}, f"{key}: {grants[key]}"
+    # Pods are deleted (a cancelled attempt is stopped), never created or changed.
+    assert grants[("", "pods")] & WRITE_VERBS == {"delete"}
     assert not any(resource == "secrets" for _, resource in grants), "no Role reads Secrets"
     watcher = find(docs, "Role", STEPS_NAMESPACE, "xpipe-pod-watcher")
     assert watcher is not None
@@ -377,6 +381,18 @@ def test_each_account_holds_only_what_its_function_needs(rendered: Rendered, tar
         "xpipe-rollback": {"xpipe-step-deployer", "xpipe-step-diagnostics"},
         "xpipe-pod-watcher": {"xpipe-pod-watcher"},
     }
+    # Only rollback may delete pods (to stop a cancelled attempt), through its own Role.
+    deleters = {
+        role["metadata"]["name"]
+        for role in of_kind(docs, "Role")
+        for rule in role["rules"]
+        if "delete" in rule["verbs"]
+    }
+    assert deleters == {"xpipe-step-diagnostics"}
+    stopper = find(docs, "Role", STEPS_NAMESPACE, "xpipe-step-diagnostics")
+    assert stopper is not None
+    (stop_rule,) = [rule for rule in stopper["rules"] if "delete" in rule["verbs"]]
+    assert stop_rule == {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}
     relay = find(docs, "ServiceAccount", FUNCTIONS_NAMESPACE, "xpipe-health-relay")
     assert relay is not None
     assert relay["automountServiceAccountToken"] is False

@@ -92,9 +92,19 @@ def test_cancel_sends_a_cancel_directive_to_the_running_attempt() -> None:
     cancel = directives[0]["event"]
     assert cancel["type"] == "com.xpipe.step.cancel"
     assert cancel["extensions"] == {"xpipejob": job, "xpipestep": "svc-build"}
-    assert cancel["data"] == {"jobId": job, "step": "build", "attempt": 1, "reason": "operator asked"}
+    assert cancel["data"] == {
+        "jobId": job, "step": "build", "attempt": 1, "reason": "operator asked", "pod": "p"
+    }  # fmt: skip
     assert directives[1]["event"]["data"] == {"jobId": job, "outcome": "CANCELLED"}
     assert d.view(job)["steps"][0]["attempts"][0]["outcome"] == "cancelled"
+
+
+def test_cancel_of_an_attempt_that_never_beat_names_no_pod() -> None:
+    d = Driver()
+    job, _ = d.register(plan(step("build")))
+    directives = d.fact(job, "JOB_CANCELLED", T0 + 1, reason="stop", thenRollback=False)
+    assert directives[0]["kind"] == "cancel"
+    assert directives[0]["event"]["data"] == {"jobId": job, "step": "build", "attempt": 1, "reason": "stop"}
 
 
 def test_cancel_of_a_retry_not_yet_due_withdraws_its_dispatch_and_sends_no_cancel() -> None:

@@ -276,5 +276,22 @@ class ExecutionBackend(ABC):
         best effort and never fail because one part is unavailable).
         """
 
+    @abstractmethod
+    def stop_attempt(self, service: str, pod: str | None, job_id: str, step: str, attempt: int) -> bool:
+        """Stop the instance of step service `service` that is running attempt `attempt` of `step` of
+        job `job_id` (the journal cancelled it: a `com.xpipe.step.cancel` directive).
+
+        The step Service cannot be asked itself: it runs one request per instance (containerConcurrency
+        1), so a cancel sent to it would queue behind the busy instance or start a new one. The backend
+        stops the instance from outside instead: the step runtime, on SIGTERM, kills its command (SIGKILL
+        after its grace period) and answers the held `step.run` with `outcome: cancelled`, which the
+        journal accepts as the late fact of an attempt it already ended.
+
+        `pod` is the instance the attempt's heart-beats named (the journal's view of the attempt); it
+        is None when the attempt never sent one. Idempotent: stopping an attempt that already ended, or
+        whose instance is gone, is a no-op. Returns True when an instance was told to stop, False when
+        there was nothing (left) to stop. The wait is bounded by the backend's grace period.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections; the backend must not be used afterwards."""

@@ -46,6 +46,9 @@ APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 LOG_TAIL_LINES = 50
 DEFAULT_DEAD_LETTER = ("xpipe", "health-relay")
+# A deleted step pod's grace period: the runtime's own stop grace (SIGTERM to SIGKILL of the command),
+# then time to write the `cancelled` reply through queue-proxy; the kubelet kills what is left after it.
+POD_STOP_GRACE_SECONDS = objects.STOP_GRACE_SECONDS + 12
 
 
 class KnativeBackend(ExecutionBackend):
@@ -356,6 +359,57 @@ class KnativeBackend(ExecutionBackend):
         latest = current.get("status", {}).get("latestReadyRevisionName")
         log.info("traffic follows the latest revision", extra={"service": service, "latestReady": latest})
         return TrafficState(namespace, service, None, latest)
+
+    # --- cancellation ------------------------------------------------------------------------------
+
+    def stop_attempt(self, service: str, pod: str | None, job_id: str, step: str, attempt: int) -> bool:
+        """Delete the pod that runs the attempt, with a bounded grace period (see the base class).
+
+        The pod is read first and deleted only if Knative labels it as a pod of `service`: a pod name
+        that is stale or forged never takes down another service's pod. Pods are reused across jobs, so
+        a pod whose attempt ended before the cancel arrived may already run another job's attempt; that
+        attempt then answers `cancelled`, which the journal treats as a failed attempt and retries.
+        """
+        extra = {"service": service, "pod": pod, "attempt": f"{job_id}/{step}/{attempt}"}
+        if pod is None:
+            log.warning("attempt never named its pod (no heart-beat): nothing to stop", extra=extra)
+            return False
+        core = self._core()
+        try:
+            found = self._raw_json(
+                "get",
+                "pods",
+                lambda: core.read_namespaced_pod(
+                    pod, self._namespace, _preload_content=False, _request_timeout=self._timeout
+                ),
+            )
+        except NotFound:
+            log.info("pod already gone: nothing to stop", extra=extra)
+            return False
+        labels = (found.get("metadata") or {}).get("labels") or {}
+        if labels.get(objects.REVISION_SERVICE_LABEL) != service:
+            log.warning("pod does not belong to the attempt's service: not stopped", extra=extra)
+            return False
+        try:
+            self._call(
+                "delete",
+                "pods",
+                self._namespace,
+                lambda: core.delete_namespaced_pod(
+                    pod,
+                    self._namespace,
+                    grace_period_seconds=POD_STOP_GRACE_SECONDS,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                ),
+            )
+        except NotFound:
+            log.info("pod already gone: nothing to stop", extra=extra)
+            return False
+        log.info(
+            "pod deleted to stop a cancelled attempt", extra={**extra, "graceSeconds": POD_STOP_GRACE_SECONDS}
+        )
+        return True
 
     # --- diagnostics -------------------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ from xpipe.backends.base import (
     TrafficState,
 )
 
+# Stopping an attempt waits for its process to exit: the host allows the stop grace (5 s by default) plus
+# 5 s after SIGTERM, then SIGKILLs and waits up to 5 s more.
+STOP_WAIT_SECONDS = 20.0
+
 
 class LocalBackend(ExecutionBackend):
     """Step services as processes of the local step host at `host_url` (e.g. http://127.0.0.1:8085)."""
@@ -46,6 +50,9 @@ class LocalBackend(ExecutionBackend):
         self._max_attempts = max(1, max_attempts)
         self._backoff = backoff_seconds
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_seconds, connect=min(2.0, timeout_seconds)))
+        self._stop_timeout = httpx.Timeout(
+            timeout_seconds + STOP_WAIT_SECONDS, connect=min(2.0, timeout_seconds)
+        )
 
     @property
     def namespace(self) -> str:
@@ -122,6 +129,20 @@ class LocalBackend(ExecutionBackend):
         report["services"] = found.get("services", {})
         report["errors"].extend(found.get("errors", []))
         return report
+
+    def stop_attempt(
+        self,
+        service: str,
+        pod: str | None,  # noqa: ARG002 - the host knows which process runs the attempt itself
+        job_id: str,
+        step: str,
+        attempt: int,
+    ) -> bool:
+        """The step host stops the process running the attempt (found by the attempt, not by `pod`)."""
+        body = {"service": service, "jobId": job_id, "step": step, "attempt": attempt}
+        # The host waits for the process to exit (its stop grace, then SIGKILL): allow for that.
+        response = self._request("POST", "/attempts/stop", json=body, timeout=self._stop_timeout)
+        return bool(response.json().get("stopped"))
 
     def services(self) -> list[dict[str, Any]]:
         """Every step service on the host with its revisions, traffic and live processes."""

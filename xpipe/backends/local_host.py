@@ -15,6 +15,7 @@ Admin API (loopback only, used by `LocalBackend` in the functions' processes):
     GET    /services/<name>
     POST   /services/<name>/revert     -> TrafficState JSON (404 when nothing older is left)
     POST   /services/<name>/restore    -> TrafficState JSON
+    POST   /attempts/stop              body: {service, jobId, step, attempt} -> {"stopped", "pod"}
     GET    /diagnostics?job=J&service=S&service=T[&since=RFC3339]
     GET    /health/liveness, /health/readiness
 
@@ -200,6 +201,9 @@ class HostRequestHandler(BaseHTTPRequestHandler):
         if path == []:
             self._dispatch(body)
             return
+        if path == ["attempts", "stop"]:
+            self._stop_attempt(body)
+            return
         if len(path) == 3 and path[0] == "services" and path[2] in ("revert", "restore"):
             try:
                 host = self.server.host
@@ -211,6 +215,25 @@ class HostRequestHandler(BaseHTTPRequestHandler):
             self._json(200, state.to_json_dict())
             return
         self._error(HTTPStatus.NOT_FOUND, f"no route for POST {self.path}")
+
+    def _stop_attempt(self, body: bytes) -> None:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            self._error(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+            return
+        service, job_id, step, attempt = (document.get(k) for k in ("service", "jobId", "step", "attempt"))
+        if not all(isinstance(v, str) and v for v in (service, job_id, step)):
+            self._error(HTTPStatus.BAD_REQUEST, "service, jobId and step must be non-empty strings")
+            return
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+            self._error(HTTPStatus.BAD_REQUEST, "attempt must be an integer >= 1")
+            return
+        # The same key _dispatch gives the attempt's step.run.
+        stopped = self.server.host.stop_attempt(str(service), f"{service}/{job_id}/{step}/{attempt}")
+        self._json(200, {"stopped": stopped is not None, "pod": None if stopped is None else stopped.pod})
 
     def _diagnostics(self, query: dict[str, list[str]]) -> None:
         since = None

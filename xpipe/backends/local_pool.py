@@ -387,6 +387,22 @@ class StepHost:
         if retire:
             self._stop_all([process], "process failed" if failed else "revision no longer serves traffic")
 
+    # --- cancellation ------------------------------------------------------------------------------
+
+    def stop_attempt(self, name: str, attempt: str) -> StepProcess | None:
+        """Stop the process of service `name` busy with `attempt` (the key `acquire` was given).
+
+        SIGTERM makes its runtime kill the command and answer the held request with `cancelled`; the
+        process then exits (like a deleted pod) and the next run starts a fresh one. Returns the stopped
+        process, or None when no process runs that attempt (it ended, or never started here).
+        """
+        with self._lock:
+            chosen = self._mark_stopping(
+                [p for p in self._processes if p.revision.spec.name == name and p.busy_with == attempt]
+            )
+        self._stop_all(chosen, "attempt cancelled")
+        return chosen[0] if chosen else None
+
     # --- scale to zero -----------------------------------------------------------------------------
 
     def _reap_loop(self) -> None:

@@ -81,8 +81,14 @@ def dispatch(
     return entry(job, DISPATCH, due_at, event)
 
 
-def cancel(job: Job, label: str, service: str, attempt: int, *, reason: str, now: float) -> dict[str, Any]:
-    data = {"jobId": job["jobId"], "step": label, "attempt": attempt, "reason": reason}
+def cancel(
+    job: Job, label: str, service: str, attempt: int, *, reason: str, pod: str | None, now: float
+) -> dict[str, Any]:
+    """Stop a running attempt. ``pod`` (the pod its heart-beats named, if any) tells the executor which
+    instance to stop: the step Service itself cannot be asked, its busy pod takes no second request."""
+    data: dict[str, Any] = {"jobId": job["jobId"], "step": label, "attempt": attempt, "reason": reason}
+    if pod is not None:
+        data["pod"] = pod
     event = _event(job, STEP_CANCEL, data, service=service, subject=f"{label}/{attempt}")
     return entry(job, CANCEL, now, event)
 

@@ -89,7 +89,7 @@ def _cancel_attempt(job: Job, attempt: Attempt, now: float) -> Next:
         assert job["cancel"] is not None
         reason = job["cancel"]["reason"]
         data["directive"] = dv.cancel(
-            job, attempt["step"], run.service, attempt["attempt"], reason=reason, now=now
+            job, attempt["step"], run.service, attempt["attempt"], reason=reason, pod=attempt["pod"], now=now
         )
     return rt.ATTEMPT_CANCELLED, data
 
