@@ -1,10 +1,13 @@
 """``JournalClient``: the cluster side's connection to the OpenVMS journal.
 
-A thread-safe pool of authenticated connections (mutual HELLO proof, optional TLS). Every call runs
-under one time budget (``retry_deadline``): a lost connection, a time-out or an ``UNAVAILABLE`` /
-``OVERLOADED`` answer is retried with jittered exponential back-off on a fresh connection, sending the
-same request again, which for ``commit`` means the same idempotency key, so a commit that did reach the
-journal comes back as its original result (``duplicate=True``) instead of happening twice.
+A thread-safe pool of authenticated connections (mutual HELLO proof, optional TLS). A lost connection,
+a time-out or an ``UNAVAILABLE`` / ``OVERLOADED`` answer is retried with jittered exponential back-off
+on a fresh connection, sending the same request again, which for ``commit`` means the same idempotency
+key, so a commit that did reach the journal comes back as its original result (``duplicate=True``)
+instead of happening twice. A new attempt starts only before ``retry_deadline`` has passed (and at most
+``max_attempts`` times); waiting for a pool slot and connecting stay within that budget, but the
+attempt's reply may take up to ``read_timeout`` more, so a call lasts at most about
+``retry_deadline + read_timeout``.
 
 Socket, TLS and decode errors become the typed errors of ``vms_adapter.errors`` in one place,
 ``map_exceptions``; callers never see an ``OSError``.
