@@ -11,7 +11,7 @@ from cloudevents.http import CloudEvent
 
 from xpipe.auth import SCOPES, TokenRegistry, token_digest
 from xpipe.devstack.manifests import ServiceTable, load_topology
-from xpipe.devstack.router import attributes_of, read_header_file
+from xpipe.devstack.router import attributes_of
 from xpipe.devstack.stack import (
     FUNCTIONS,
     LOCAL_MANIFESTS,
@@ -32,9 +32,8 @@ def test_prepare_keeps_only_the_token_digest_in_the_tokens_file(tmp_path: Path) 
     assert "dev-token-123" not in layout.tokens_file.read_text()
     registry = TokenRegistry.load(layout.tokens_file)
     assert all(registry.authorize("dev-token-123", scope).name == "xpipe-up" for scope in SCOPES)
-    for private in (layout.secret_file, layout.token_file, layout.tokens_file, layout.delivery_headers_file):
+    for private in (layout.secret_file, layout.token_file, layout.tokens_file):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert read_header_file(layout.delivery_headers_file) == {"X-Token-XPipe": "dev-token-123"}
 
 
 def test_prepare_makes_the_secret_and_a_token_once(tmp_path: Path) -> None:
@@ -56,6 +55,12 @@ def test_ports_follow_the_base_port(tmp_path: Path) -> None:
     assert list(specs) == ["journal", "step-host", *FUNCTIONS, "router"]  # dependencies first
     assert specs["submit"].env["K_SINK"] == "http://127.0.0.1:9000"
     assert specs["submit"].env["XPIPE_JOURNAL"] == "127.0.0.1:9004"
+    # as in knative/base: the broker's subscribers take tokenless deliveries, the public submit never does
+    assert [specs[name].env.get("XPIPE_TRUST_CLUSTER_DELIVERIES") for name in FUNCTIONS] == [
+        None,
+        "true",
+        "true",
+    ]
 
 
 def test_the_base_manifests_route_every_xpipe_event_locally(tmp_path: Path) -> None:

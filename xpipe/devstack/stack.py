@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 import xpipe
-from xpipe.auth import HEADER, token_digest
+from xpipe.auth import token_digest
 from xpipe.devstack.supervisor import ComponentSpec, Supervisor
 
 REPO_ROOT = Path(xpipe.__file__).resolve().parent.parent
@@ -30,6 +30,7 @@ MANIFESTS = REPO_ROOT / "knative" / "base"
 LOCAL_MANIFESTS = Path(__file__).resolve().parent / "local-steps.yaml"
 FUNCTIONS_DIR = REPO_ROOT / "functions"
 FUNCTIONS = ("submit", "health-relay", "rollback")
+BROKER_SUBSCRIBERS = ("health-relay", "rollback")
 STEP_HOST_SERVICE = "xpipe-step-host"
 DEFAULT_BASE_PORT = 8080
 DEFAULT_DATA_DIR = Path(".xpipe")
@@ -79,10 +80,6 @@ class StackLayout:
         return self.data_dir / "tokens.yaml"
 
     @property
-    def delivery_headers_file(self) -> Path:
-        return self.data_dir / "delivery-headers"
-
-    @property
     def token_file(self) -> Path:
         """The development token in clear, readable only by its owner, for the CLI."""
         return self.data_dir / "token"
@@ -111,8 +108,6 @@ def prepare(layout: StackLayout, token: str | None) -> str:
     # One digest may appear once: the admin scope is every scope.
     entries = [{"name": "xpipe-up", "scope": "admin", "sha256": token_digest(token)}]
     _write_private(layout.tokens_file, yaml.safe_dump(entries, sort_keys=False))
-    # The router presents the token on its deliveries to health-relay and rollback (see docs/local-stack.md).
-    _write_private(layout.delivery_headers_file, f"{HEADER}: {token}\n")
     return token
 
 
@@ -123,8 +118,10 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def function_env(layout: StackLayout) -> dict[str, str]:
-    """The environment ``xpipe.config.load`` reads, pointing at this stack."""
+def function_env(layout: StackLayout, *, trust_cluster_deliveries: bool = False) -> dict[str, str]:
+    """The environment ``xpipe.config.load`` reads, pointing at this stack. Broker subscribers accept
+    tokenless deliveries, as their Services in ``knative/base`` do (the router, like Knative's broker,
+    sends no ``X-Token-XPipe``)."""
     host, port = layout.journal_address
     env = {
         **_base_env(),
@@ -139,6 +136,8 @@ def function_env(layout: StackLayout) -> dict[str, str]:
     }
     if layout.templates_dir is not None:
         env["XPIPE_TEMPLATES_DIR"] = str(layout.templates_dir.resolve())
+    if trust_cluster_deliveries:
+        env["XPIPE_TRUST_CLUSTER_DELIVERIES"] = "true"
     return env
 
 
@@ -208,7 +207,7 @@ def component_specs(layout: StackLayout, *, ping_interval_s: float) -> list[Comp
                     "--port",
                     str(port),
                 ],
-                env=function_env(layout),
+                env=function_env(layout, trust_cluster_deliveries=name in BROKER_SUBSCRIBERS),
                 endpoint=f"http://{HOST}:{port}",
                 health_url=f"http://{HOST}:{port}/health/readiness",
                 cwd=REPO_ROOT,
@@ -230,8 +229,6 @@ def component_specs(layout: StackLayout, *, ping_interval_s: float) -> list[Comp
         f"{ping_interval_s:g}",
         "--service",
         f"{STEP_HOST_SERVICE}={layout.step_host_url}",
-        "--delivery-headers-file",
-        str(layout.delivery_headers_file.resolve()),
     ]
     for name in FUNCTIONS:
         router_argv += ["--service", f"{name}={layout.function_url(name)}"]
