@@ -6,7 +6,14 @@ import subprocess
 import sys
 from typing import Any
 
-from xpipe.backends.knative_objects import label_value, pinned_revision, revert_target
+from xpipe.backends.base import StepServiceSpec
+from xpipe.backends.knative_objects import (
+    knative_service,
+    label_value,
+    pinned_revision,
+    revert_target,
+    runtime_args,
+)
 
 
 def revision(name: str, generation: int, ready: bool = True, service: str = "s") -> dict[str, Any]:
@@ -49,3 +56,32 @@ def test_label_values_are_made_valid() -> None:
 def test_importing_the_knative_backend_does_not_import_the_kubernetes_client() -> None:
     code = "import sys, xpipe.backends.knative, xpipe.backends.local; sys.exit('kubernetes' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
+
+
+def step_spec(timeout_seconds: int) -> StepServiceSpec:
+    return StepServiceSpec(
+        name="xp-demo-build",
+        template="demo",
+        step="build",
+        image="registry.example.com/xpipe/step:0.1.0",
+        argv=("true",),
+        env={},
+        timeout_seconds=timeout_seconds,
+        template_digest="sha256:0",
+    )
+
+
+def runtime_timeout(args: list[str]) -> int:
+    return int(args[args.index("--timeout-seconds") + 1])
+
+
+def test_step_services_are_never_exposed_on_the_external_gateway() -> None:
+    service = knative_service(step_spec(60), "xpipe-steps", ["xpipe-step"])
+    assert service["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+
+
+def test_the_runtime_stops_and_answers_before_knative_cuts_the_request() -> None:
+    for timeout in (8, 10, 30, 600):
+        stop_grace = int((args := runtime_args(step_spec(timeout)))[args.index("--stop-grace-seconds") + 1])
+        # Deadline, then SIGTERM and the grace period, then the reply: all inside Knative's timeoutSeconds.
+        assert runtime_timeout(args) + stop_grace < timeout, timeout

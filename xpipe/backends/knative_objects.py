@@ -30,10 +30,12 @@ REVISION_GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 STEP_CONTAINER = "step"
 STEP_PORT = 8080
 # The step runtime stops a command at its time-out and still has to answer: SIGTERM, the grace period,
-# SIGKILL, then the reply. Knative's request time-out is the template's; the runtime's is shorter by this
-# (or by a fifth of it, for short time-outs).
-RUNTIME_TIMEOUT_MARGIN_SECONDS = 5
+# SIGKILL, then the reply. All of it must happen before Knative cuts the request at the template's
+# timeoutSeconds; a cut request is retried by the broker and the command could run again on another pod.
 STOP_GRACE_SECONDS = 3
+RUNTIME_TIMEOUT_MARGIN_SECONDS = STOP_GRACE_SECONDS + 2
+# Step Services are reached only through the Broker: never published on the cluster's external gateway.
+LABEL_VISIBILITY = "networking.knative.dev/visibility"
 # The broker's delivery of step.run: retried (idempotent in the runtime), then dead-lettered.
 STEP_RUN_RETRIES = 3
 STEP_RUN_BACKOFF_DELAY = "PT2S"
@@ -58,7 +60,7 @@ def step_labels(spec: StepServiceSpec) -> dict[str, str]:
 
 def runtime_args(spec: StepServiceSpec) -> list[str]:
     """The step runtime's arguments: its options, the step's unrendered env, then `--` and the argv."""
-    runtime_timeout = spec.timeout_seconds - min(RUNTIME_TIMEOUT_MARGIN_SECONDS, spec.timeout_seconds // 5)
+    runtime_timeout = max(1, spec.timeout_seconds - RUNTIME_TIMEOUT_MARGIN_SECONDS)
     args = [
         "--heartbeat-seconds",
         f"{spec.heartbeat_seconds:g}",
@@ -81,7 +83,12 @@ def knative_service(spec: StepServiceSpec, namespace: str, runtime_command: Iter
         "metadata": {
             "name": spec.name,
             "namespace": namespace,
-            "labels": {**labels, LABEL_MANAGED_BY: "xpipe", LABEL_PART_OF: "xpipe"},
+            "labels": {
+                **labels,
+                LABEL_MANAGED_BY: "xpipe",
+                LABEL_PART_OF: "xpipe",
+                LABEL_VISIBILITY: "cluster-local",
+            },
             "annotations": {ANNOTATION_DIGEST: spec.template_digest},
         },
         "spec": {
