@@ -6,11 +6,13 @@ Torn tails are checked at every byte offset and bit flips at every bit, on bytes
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +351,62 @@ def test_a_shutdown_that_outlasts_the_writer_grace_takes_no_snapshot_of_undurabl
         )
     finally:
         reopened.close()
+
+
+def _fsync_failing_on_directories(error: int, seen: list[str] | None = None) -> Callable[[int], None]:
+    """os.fsync that fails with ``error`` for directories (a real EIO cannot be provoked on demand) and
+    records what it was asked to sync."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if seen is not None:
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if error and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(error, os.strerror(error))
+        real(fd)
+
+    return fsync
+
+
+def test_a_directory_fsync_that_fails_is_not_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: any error of a directory fsync was swallowed, so the service went on acknowledging commits
+    into a new segment whose directory entry a crash could still lose."""
+    monkeypatch.setattr(os, "fsync", _fsync_failing_on_directories(errno.EINVAL))
+    reader.fsync_directory(str(tmp_path))  # "not supported here" stays a no-op
+    stopped: list[str] = []
+    journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions(segment_bytes=64))
+    writer = CommitWriter(journal, on_fatal=stopped.append)
+    writer.start()
+    try:
+        monkeypatch.setattr(os, "fsync", _fsync_failing_on_directories(errno.EIO))
+        first = CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})])
+        assert writer.submit(first, TIMEOUT_S)["seq"] == 1  # durable in the first segment; then the cut fails
+        with pytest.raises(JournalUnavailable, match="stopping"):
+            writer.submit(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+        assert len(stopped) == 1
+        assert "cannot create segment" in stopped[0]
+    finally:
+        writer.stop()
+        journal.close()
+
+
+def test_start_up_makes_the_recovered_tail_durable_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed between write and fsync leaves a complete transaction in the page cache only;
+    recovery counts it as committed, so it must be fsynced before a duplicate reply relies on it."""
+    first = Running(tmp_path / "j")
+    first.commit("k1")
+    first.close()
+    (name,) = reader.list_segments(str(tmp_path / "j"))
+    synced: list[str] = []
+    monkeypatch.setattr(os, "fsync", _fsync_failing_on_directories(0, synced))
+    journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
+    try:
+        assert str(tmp_path / "j" / name) in synced
+        assert str(tmp_path / "j") in synced
+    finally:
+        journal.close()
 
 
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:

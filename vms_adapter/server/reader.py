@@ -17,6 +17,7 @@ Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -200,16 +201,24 @@ def list_segments(data_dir: str) -> list[str]:
     return sorted(name for name in os.listdir(data_dir) if fmt.SEGMENT_NAME.match(name))
 
 
+# fsync of a directory: errors that mean "not supported here", which PostgreSQL ignores too. Any other
+# error (EIO, ENOSPC) means the entry may not be durable and is raised: swallowing it would let commits
+# be acknowledged into a segment file whose directory entry a crash can still lose.
+_DIRECTORY_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.EBADF, errno.EACCES, errno.EISDIR})
+
+
 def fsync_directory(path: str) -> None:
-    """Make a create, rename or delete in ``path`` durable (a no-op where directories cannot be opened)."""
+    """Make a create, rename or delete in ``path`` durable (a no-op where directories cannot be opened
+    or fsynced); ``OSError`` if the fsync itself fails."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return  # OpenVMS: directory entries are written through by the file system
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in _DIRECTORY_FSYNC_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 

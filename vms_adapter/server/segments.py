@@ -39,13 +39,28 @@ class SegmentWriter:
         self.fsyncs = 0
 
     def open_tail(self, name: str | None, offset: int, next_seq: int) -> None:
-        """Continue the recovered tail segment at ``offset``, or start a new one at ``next_seq``."""
-        if name is None or offset >= self.segment_bytes:
+        """Continue the recovered tail segment at ``offset``, or start a new one at ``next_seq``.
+
+        The tail and its directory entry are fsynced first: a process killed between its write and its
+        fsync (or between creating a segment and fsyncing the directory) leaves complete transactions,
+        or the file itself, only in the page cache. Recovery reads them as committed, so they must be
+        durable before a reader sees them, a retried key gets their reply as a duplicate, or new
+        commits are acknowledged after them. ``OSError`` if that fails (the service does not start).
+        """
+        if name is None:
             self.start_segment(next_seq)
             return
         fd = os.open(os.path.join(self.data_dir, name), _OPEN_FLAGS)
-        os.lseek(fd, offset, os.SEEK_SET)
+        try:
+            os.fsync(fd)
+            fsync_directory(self.data_dir)
+            os.lseek(fd, offset, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd, self.name, self.offset = fd, name, offset
+        if offset >= self.segment_bytes:
+            self.start_segment(next_seq)
 
     def start_segment(self, first_seq: int) -> None:
         """Create ``seg-<first_seq>.wal`` with its header, durably (file fsync, then directory fsync)."""

@@ -21,6 +21,7 @@ from vms_adapter.server.journal import Journal
 from vms_adapter.server.model import JobModel
 from vms_adapter.server.operations import Operations
 from vms_adapter.server.reader import CorruptJournal
+from vms_adapter.server.segments import StorageFailure
 from vms_adapter.server.writer import CommitWriter
 
 log = logging.getLogger("xpipe.journal")
@@ -70,7 +71,7 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
             file=err,
         )
         return EXIT_CORRUPT
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, StorageFailure) as exc:
         print(f"xpipe-journal: cannot open the journal in {config.data_dir}: {exc}", file=err)
         return EXIT_CONFIG
     for action in journal.recovery:
