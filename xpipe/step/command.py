@@ -12,11 +12,12 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from xpipe.events import SUMMARY_MAX_BYTES
 
@@ -24,6 +25,13 @@ log = logging.getLogger("xpipe.step.command")
 
 Ending = Literal["exited", "deadline", "cancelled"]
 _READ_CHUNK = 8192
+# The command gets its own process group, so a stop reaches its children too, but stays in the runtime's
+# session, so whoever stops that session (the local step host, when a runtime dies) reaches it as well
+# (start_new_session would hide it from the host). `process_group=` is Python 3.11+; on 3.10 the child
+# calls setpgid itself before exec.
+_OWN_PROCESS_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+)
 # Exit codes a shell would report, used when the command cannot even be started.
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
@@ -100,10 +108,8 @@ class CommandRun:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                # Its own process group, so a stop reaches its children too; the runtime's session, so
-                # whoever stops the runtime's session (the local step host) reaches it as well.
-                process_group=0,
                 close_fds=True,
+                **_OWN_PROCESS_GROUP,
             )
         except FileNotFoundError:
             self._start_error = self._not_started(EXIT_NOT_FOUND, f"command not found: {argv[0]!r}")
