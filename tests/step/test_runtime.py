@@ -245,3 +245,26 @@ def test_a_command_that_cannot_start_fails_with_127(sink: EventSink) -> None:
         assert "command not found" in str(data["summary"])
     finally:
         runtime.stop()
+
+
+def test_deeply_nested_json_is_a_final_400_not_a_dropped_connection(
+    runtime: RuntimeProcess, tmp_path: Path
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    structured = (
+        '{"specversion": "1.0", "type": "com.xpipe.step.run", "source": "/t", "id": "deep-1", '
+        f'"datacontenttype": "application/json", "data": {deep}}}'
+    )
+    ce = {"ce-specversion": "1.0", "ce-source": "/t", "ce-id": "deep-2", "ce-type": "com.xpipe.step.run"}
+    for content, headers in [
+        (structured, {"content-type": "application/cloudevents+json"}),
+        (deep, {**ce, "content-type": "application/json"}),
+    ]:
+        response = runtime.client.post(runtime.url, content=content, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["message"].startswith("malformed CloudEvent")
+    # The runtime still serves runs afterwards.
+    _, data = finished_of(
+        runtime.post_run("job-after-deep", {"action": "exit", "arg": "0", "out": str(tmp_path)})
+    )
+    assert data["outcome"] == "succeeded"

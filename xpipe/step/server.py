@@ -19,7 +19,7 @@ from typing import Any
 
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
-from cloudevents.http import from_http
+from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
 from xpipe.events import STEP_RUN, StepRun
@@ -38,6 +38,27 @@ def is_cloudevent_request(headers: Any) -> bool:
         return True
     content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
     return content_type == "application/cloudevents+json"
+
+
+class MalformedEvent(ValueError):
+    """The request claims to be a CloudEvent but cannot be read as one: a final 400, never retried."""
+
+
+def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
+    """The request's CloudEvent (binary or structured mode), or `MalformedEvent` saying why not.
+
+    The same refusals as the functions' `xpipe.http.parse_event`, for the runtime's stdlib requests:
+    JSON nested too deeply for the parser (a RecursionError) or otherwise unreadable is a 400 reply, not
+    a dropped connection, which the broker would take for a transient failure and retry.
+    """
+    try:
+        return from_http(headers, body)
+    except GenericException as error:
+        raise MalformedEvent(f"malformed CloudEvent: {type(error).__name__}") from None
+    except RecursionError:
+        raise MalformedEvent("malformed CloudEvent: JSON nested too deeply") from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise MalformedEvent(f"malformed CloudEvent: {type(error).__name__}") from None
 
 
 class StepRequestHandler(BaseHTTPRequestHandler):
@@ -129,9 +150,9 @@ class StepRequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not a CloudEvent (binary or structured mode)")
             return
         try:
-            event = from_http(dict(self.headers.items()), body)
-        except GenericException as error:
-            self._error(HTTPStatus.BAD_REQUEST, f"malformed CloudEvent: {type(error).__name__}")
+            event = parse_cloudevent(dict(self.headers.items()), body)
+        except MalformedEvent as error:
+            self._error(HTTPStatus.BAD_REQUEST, str(error))
             return
         if event["type"] != STEP_RUN:
             self._error(
