@@ -27,7 +27,7 @@ from xpipe import logs
 from xpipe.auth import HEADER, Caller, Scope, TokenRegistry
 from xpipe.backends.base import ExecutionBackend
 from xpipe.errors import ConfigurationError, Overloaded, PayloadTooLarge
-from xpipe.http import accepted, error_response, parse_event, read_body, reply, status_for
+from xpipe.http import accepted, error_response, parse_event, read_body, reply, status_for, unbuffered
 from xpipe.journal import JobJournal
 from xpipe.outbox import Outbox
 
@@ -147,13 +147,11 @@ class Endpoint:
     def serve(self, request: Request, handler: Handler) -> Response:
         """Answer one HTTP request to the function (see the module docstring for the order of checks)."""
         if request.path == LIVENESS_PATH:
-            return Response("ok\n", status=200, mimetype="text/plain")
+            return unbuffered("ok\n", 200, "text/plain")
         if request.path == READINESS_PATH:
             return self._readiness()
         if request.method != "POST":
-            return Response(
-                "CloudEvents are POSTed\n", status=405, mimetype="text/plain", headers={"Allow": "POST"}
-            )
+            return unbuffered("CloudEvents are POSTed\n", 405, "text/plain", {"Allow": "POST"})
         if not self._in_flight.acquire(blocking=False):
             return self._refuse(Overloaded(f"more than {self.config.max_in_flight} requests in flight"), None)
         try:
@@ -219,8 +217,8 @@ class Endpoint:
             log.warning(
                 "not ready: journal unreachable", extra={"reason": f"{type(error).__name__}: {error}"}
             )
-            return Response("journal unavailable\n", status=503, mimetype="text/plain")
-        return Response("ready\n", status=200, mimetype="text/plain")
+            return unbuffered("journal unavailable\n", 503, "text/plain")
+        return unbuffered("ready\n", 200, "text/plain")
 
 
 def _tls_context(config: configuration.FunctionConfig) -> ssl.SSLContext | None:

@@ -8,7 +8,10 @@ place where an exception becomes a status code: the xpipe domain's errors, the j
 execution backends'.
 
 The body is never read past ``max_body_bytes``: a ``Content-Length`` above it is refused before reading,
-and a body without one (chunked) is read to one byte past the limit at most.
+and a body without one (chunked) is read to one byte past the limit at most. Every answer given before the
+body is read (errors, health probes, 405) is *streamed*: functions-framework's after-request hook reads the
+whole request body into memory after any non-streamed response, which would make a refusal wait for (and
+buffer) the very body it refuses; gunicorn discards an unread body without keeping it.
 """
 
 from __future__ import annotations
@@ -93,7 +96,17 @@ def error_response(error: BaseException) -> Response:
     if isinstance(error, backend.BackendError) and status >= 500:
         message = str(error)
     body = json.dumps({"error": error_code_for(error), "message": message})
-    return Response(body, status=status, mimetype="application/json")
+    return unbuffered(body, status, "application/json")
+
+
+def unbuffered(body: str, status: int, mimetype: str, headers: dict[str, str] | None = None) -> Response:
+    """A response that does not make functions-framework read the unread request body first.
+
+    Its after-request hook skips streamed responses only, so the body is given as an iterator.
+    """
+    payload = body.encode()
+    all_headers = {"Content-Length": str(len(payload)), **(headers or {})}
+    return Response(iter([payload]), status=status, mimetype=mimetype, headers=all_headers)
 
 
 def reply(event: CloudEvent) -> Response:

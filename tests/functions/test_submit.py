@@ -4,6 +4,9 @@ status code of ARCHITECTURE §5, with the journal checked unchanged wherever not
 from __future__ import annotations
 
 import json
+import select
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,7 +161,9 @@ REFUSALS: list[tuple[str, bytes, dict[str, str], int]] = [
     ("wrong-token", GOOD, ce_headers(token="nope"), 401),
     ("token-prefix", GOOD, ce_headers(token=SUBMIT_TOKEN[:-1]), 401),
     ("wrong-scope", GOOD, ce_headers(token=RELAY_TOKEN), 403),
-    ("huge-body", b"{" + b" " * (2 * 1024 * 1024) + b"}", ce_headers(), 413),
+    # The refused body is left unread, so gunicorn drops the connection after the 413 (without saying
+    # so); the client says it will not reuse it.
+    ("huge-body", b"{" + b" " * (2 * 1024 * 1024) + b"}", ce_headers(Connection="close"), 413),
 ]  # fmt: skip
 
 
@@ -185,20 +190,63 @@ def test_bad_params_are_named_in_the_422(submit: FunctionServer) -> None:
     assert "'message'" in response.json()["message"]
 
 
-def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(
+REFUSAL_DEADLINE = 5.0  # seconds a refusal may take; a server waiting for the whole body never answers
+
+
+def raw_request_head(submit: FunctionServer, headers: dict[str, str]) -> bytes:
+    lines = ["POST / HTTP/1.1", f"Host: 127.0.0.1:{submit.port}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def status_line(connection: socket.socket) -> bytes:
+    """The response's first line, read within the refusal deadline (empty if the server closed first)."""
+    connection.settimeout(REFUSAL_DEADLINE)
+    received = b""
+    while b"\r\n" not in received:
+        try:
+            chunk = connection.recv(4096)
+        except TimeoutError:
+            raise AssertionError(f"no answer within {REFUSAL_DEADLINE}s") from None
+        if not chunk:
+            break
+        received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
+def test_an_announced_body_over_the_limit_is_refused_before_it_is_sent(
     submit: FunctionServer, client: JournalClient
 ) -> None:
     before = journal_counts(client)
+    headers = {**ce_headers(), "Content-Length": "50000000"}
+    with socket.create_connection(("127.0.0.1", submit.port), timeout=REFUSAL_DEADLINE) as connection:
+        connection.sendall(raw_request_head(submit, headers) + b'{"template": ')  # and nothing more
+        assert status_line(connection).startswith(b"HTTP/1.1 413")
+    assert journal_counts(client) == before
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(
+    submit: FunctionServer, client: JournalClient
+) -> None:
+    """The 413 must arrive while the sender still holds most of the body (the limit is 1 MiB)."""
+    before = journal_counts(client)
     chunk = b" " * 65536
-
-    def body() -> Iterator[bytes]:
-        yield b"{"
-        for _ in range(64):  # 4 MiB, never announced in a Content-Length
-            yield chunk
-        yield b"}"
-
-    response = submit.http.post("/", content=body(), headers=ce_headers())
-    assert response.status_code == 413
+    total_chunks = 128  # 8 MiB, never announced in a Content-Length
+    headers = {**ce_headers(), "Transfer-Encoding": "chunked"}
+    sent = 0
+    with socket.create_connection(("127.0.0.1", submit.port), timeout=REFUSAL_DEADLINE) as connection:
+        connection.sendall(raw_request_head(submit, headers) + b"1\r\n{\r\n")
+        deadline = time.monotonic() + 4 * REFUSAL_DEADLINE
+        answered = False
+        while sent < total_chunks and time.monotonic() < deadline:
+            readable, _, _ = select.select([connection], [], [], 0.05)  # bounded wait for an early answer
+            if readable:
+                answered = True
+                break
+            connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += 1
+        assert answered, f"no answer before the whole body ({sent} chunks of 64 KiB) was sent"
+        assert sent < total_chunks // 2
+        assert status_line(connection).startswith(b"HTTP/1.1 413")
     assert journal_counts(client) == before
 
 
