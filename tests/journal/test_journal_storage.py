@@ -409,6 +409,27 @@ def test_start_up_makes_the_recovered_tail_durable_before_serving(
         journal.close()
 
 
+def test_a_second_salvage_at_the_same_place_keeps_what_the_first_moved_aside(tmp_path: Path) -> None:
+    """Before: both salvages wrote salvage-seg-...-at-<offset>.bad, the second overwriting the first."""
+    path = tmp_path / "j"
+    moved: list[bytes] = []
+    for round_ in range(2):
+        running = Running(path)
+        for i in range(3):
+            running.commit(f"r{round_}-k{i}", None, "x-a")
+        running.close()
+        name, data = segment_bytes(path)
+        first_end = transaction_ends(data, name)[0]
+        damaged = bytearray(data)
+        damaged[first_end + 20] ^= 0x10  # the second transaction, at the same offset both times
+        (path / name).write_bytes(bytes(damaged))
+        moved.append(bytes(damaged[first_end:]))
+        Journal.open(str(path), OpenModel, StorageOptions(), salvage=True).close()
+    aside = sorted(p for p in path.iterdir() if p.name.startswith("salvage-"))
+    assert [p.name.count(".") for p in aside] == [1, 1]
+    assert sorted(p.read_bytes() for p in aside) == sorted(moved)
+
+
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:
     stopped: list[str] = []
     journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())

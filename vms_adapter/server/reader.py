@@ -254,8 +254,18 @@ SALVAGE = "salvage"  # start-up with --salvage: also keep the sound prefix of a 
 READ_ONLY = "read-only"  # verify and dump: change nothing
 
 
+def _unused_name(data_dir: str, stem: str) -> str:
+    """``<stem>.bad``, or ``<stem>-2.bad`` and so on when an earlier salvage left that name: damage that
+    recurs at the same place (a bad block) must not overwrite what was moved aside the first time."""
+    name, copy = f"{stem}.bad", 1
+    while os.path.exists(os.path.join(data_dir, name)):
+        copy += 1
+        name = f"{stem}-{copy}.bad"
+    return name
+
+
 def _move_aside(data_dir: str, name: str, data: bytes, offset: int) -> str:
-    aside = f"salvage-{name.split('.', maxsplit=1)[0]}-at-{offset:012d}.bad"
+    aside = _unused_name(data_dir, f"salvage-{name.split('.', maxsplit=1)[0]}-at-{offset:012d}")
     path = os.path.join(data_dir, aside)
     with open(path, "wb") as handle:
         handle.write(data[offset:])
@@ -341,7 +351,7 @@ def replay(
         result.actions.append(message)
         log.error("%s", message)
         for later in names[index + 1 :]:
-            target = f"salvage-{later.split('.')[0]}.bad"
+            target = _unused_name(data_dir, f"salvage-{later.split('.')[0]}")
             os.replace(os.path.join(data_dir, later), os.path.join(data_dir, target))
             result.actions.append(f"moved {later} aside to {target} (it follows the corruption)")
             log.error("moved %s aside to %s", later, target)
