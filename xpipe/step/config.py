@@ -8,12 +8,12 @@ command line that the backend writes into the service (`xpipe-step --env NAME=VA
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from xpipe import ce_overrides
 from xpipe.params import ParamError, placeholders
 
 DEFAULT_PORT = 8080
@@ -49,17 +49,11 @@ class RuntimeConfig:
 
 
 def parse_ce_overrides(raw: str | None) -> dict[str, str]:
-    """`K_CE_OVERRIDES` (`{"extensions": {"name": "value"}}`) as a flat extension map."""
-    if not raw:
-        return {}
+    """`K_CE_OVERRIDES` (`{"extensions": {"name": "value"}}`) as a flat extension map (shared parser)."""
     try:
-        document = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"K_CE_OVERRIDES is not JSON: {error}") from None
-    extensions = document.get("extensions", {}) if isinstance(document, dict) else None
-    if not isinstance(extensions, dict):
-        raise ConfigError('K_CE_OVERRIDES must be a JSON object like {"extensions": {"name": "value"}}')
-    return {str(name): str(value) for name, value in extensions.items()}
+        return ce_overrides.parse_ce_overrides(raw)
+    except ce_overrides.InvalidCeOverrides as error:
+        raise ConfigError(str(error)) from None
 
 
 def _env_assignment(text: str) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """The events the step runtime emits (heart-beats to `K_SINK`, `step.finished` as its reply).
 
 Every event carries `xpipejob` and `xpipestep` so Triggers can route it, plus the extensions of
-`K_CE_OVERRIDES` (the SinkBinding's way to stamp events). `step.finished` has an id derived from the
-attempt, so a duplicate reply (or the same attempt's reply from another pod) is deduplicated downstream.
+`K_CE_OVERRIDES` (the SinkBinding's way to stamp events), which never replace the runtime's own
+attributes. `step.finished` has an id derived from the attempt, so a duplicate reply (or the same
+attempt's reply from another pod) is deduplicated downstream.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class EventStamp:
         self._overrides = dict(overrides)
 
     def _event(self, event_type: str, event_id: str, job_id: str, data: dict[str, Any]) -> CloudEvent:
+        # Overrides first, so the runtime's own attributes win even if one slipped past start-up checks.
         attributes: dict[str, Any] = {
+            **self._overrides,
             "type": event_type,
             "source": self.source,
             "id": event_id,
@@ -42,7 +45,6 @@ class EventStamp:
             EXT_JOB: job_id,
             EXT_STEP: self.service,
         }
-        attributes.update(self._overrides)
         return CloudEvent(attributes, data)
 
     def heartbeat(self, beat: StepHeartbeat) -> CloudEvent:
