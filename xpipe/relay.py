@@ -18,6 +18,7 @@ relay decides nothing itself.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from datetime import datetime, timezone
@@ -42,7 +43,7 @@ from xpipe.events import (
     StepHeartbeat,
 )
 from xpipe.http import event_data
-from xpipe.journal import MAX_RECORD_BYTES, JobJournal, idempotency_key
+from xpipe.journal import MAX_KEY_CHARS, MAX_RECORD_BYTES, JobJournal, idempotency_key
 from xpipe.outbox import Outbox
 
 log = logging.getLogger("xpipe.relay")
@@ -147,6 +148,21 @@ def dead_letter(event: CloudEvent) -> tuple[str, dict[str, Any]]:
     return (str(job_id) if job_id else DEAD_LETTER_JOB), record
 
 
+def dead_letter_key(event: CloudEvent) -> str:
+    """``dead-letter <knativeerrordest> <source> <id>``: one letter per failed destination of an event.
+
+    The original event's ``source id`` alone is no key: the journal's keys are global, so the same event
+    dead-lettered by two subscribers would be one letter, and the fact that it already committed under
+    that key (a step's finish, say) would swallow the letter too. Hashed when too long or not printable.
+    """
+    parts = (str(event[EXT_ERROR_DEST]), str(event["source"]), str(event["id"]))
+    key = "dead-letter " + " ".join(parts)
+    if len(key) <= MAX_KEY_CHARS and key.isprintable():
+        return key
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"dead-letter sha256:{digest}"
+
+
 class HealthRelay:
     """Turns cluster observations into journal facts and delivers what the journal decides."""
 
@@ -166,7 +182,7 @@ class HealthRelay:
                 "dead letter journaled",
                 extra={"deadType": kind, "errorCode": data.get("errorCode"), "caller": caller.name},
             )
-            self._commit(job_id, "DEAD_LETTER", data, key)
+            self._commit(job_id, "DEAD_LETTER", data, dead_letter_key(event))
         elif kind == STEP_HEARTBEAT:
             beat: StepHeartbeat = _model(StepHeartbeat, event)
             logs.bind_job(beat.job_id)

@@ -172,6 +172,39 @@ def test_a_dead_letter_is_journaled_not_dropped(relay: FunctionServer, client: J
     assert record["data"]["event"]["type"] == STEP_RUN
 
 
+def test_one_event_dead_lettered_by_two_subscribers_is_two_letters_and_a_redelivery_is_not(
+    relay: FunctionServer, client: JournalClient
+) -> None:
+    job_id, directives = register(client)
+    original = {"id": str(uuid.uuid4()), "source": "/xpipe/journal"}
+
+    def letter(destination: str) -> CloudEvent:
+        return cloud_event(
+            STEP_RUN, directives[0]["event"]["data"],
+            **{**original, EXT_JOB: job_id, "knativeerrordest": destination, "knativeerrorcode": "500"},
+        )  # fmt: skip
+
+    for destination in ("http://demo-ok-prepare/", "http://audit-log/", "http://audit-log/"):
+        assert relay.post(letter(destination), token=RELAY_TOKEN).status_code == 202
+    letters = [h["data"] for h in client.read_job(job_id)["history"] if h["type"] == "DEAD_LETTER"]
+    assert sorted(d["errorDest"] for d in letters) == ["http://audit-log/", "http://demo-ok-prepare/"]
+    assert all(d["event"]["id"] == original["id"] for d in letters)
+
+
+def test_a_dead_letter_with_a_long_destination_still_gets_a_key(
+    relay: FunctionServer, client: JournalClient
+) -> None:
+    job_id, directives = register(client)
+    destination = "http://" + "d" * 300 + "/"
+    event = cloud_event(
+        STEP_RUN, directives[0]["event"]["data"],
+        **{EXT_JOB: job_id, "knativeerrordest": destination, "knativeerrorcode": "500"},
+    )  # fmt: skip
+    assert relay.post(event, token=RELAY_TOKEN).status_code == 202
+    assert relay.post(event, token=RELAY_TOKEN).status_code == 202
+    assert [h["type"] for h in client.read_job(job_id)["history"]].count("DEAD_LETTER") == 1
+
+
 def test_admin_may_relay_and_a_submit_token_may_not(relay: FunctionServer, client: JournalClient) -> None:
     job_id, _ = register(client)
     before = journal_counts(client)
