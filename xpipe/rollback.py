@@ -13,10 +13,11 @@ event and reports its outcome as a fact:
   through the backend (``stop_attempt``). Nothing is committed: the journal already ended the attempt
   (``ATTEMPT_CANCELLED``), and the step runtime's ``cancelled`` reply is the late fact it accepts.
 
-Side effects and redelivery: a revert moves the pin one revision back each time it is done, so before
-acting the function reads the job and acts only while the journal still waits for that directive's
-action (the saga action is ``running`` with this directive id, or the diagnosis is ``requested``). What
-remains is the narrow window between the backend call and the commit of its outcome. A cancel likewise
+Side effects and redelivery: a revert's target depends only on the service's revisions (the one that
+served before the newest deploy; a pinned service keeps its pin), so a redelivered or concurrent revert
+converges on the same pin and every commit of its outcome records that pin. Before acting the function
+still reads the job and acts only while the journal waits for that directive's action (the saga action
+is ``running`` with this directive id, or the diagnosis is ``requested``). A cancel likewise
 acts only on an attempt the journal shows as cancelled, and takes the pod from the journal's view, so a
 forged or stale delivery cannot stop a live attempt.
 """

@@ -188,11 +188,57 @@ def revision(
     }
 
 
+def seed_revisions(
+    kmock: kmock.KubernetesEmulator, revisions: list[tuple[str, int, bool]], latest_ready: str
+) -> None:
+    """What Knative's controllers would have done after these deploys."""
+    kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].patch(
+        {"status": {"latestReadyRevisionName": latest_ready}}
+    )
+    for name, generation, ready in revisions:
+        kmock.objects[REVISIONS, NAMESPACE, f"demo-ok-deploy-{name}"] = revision(
+            f"demo-ok-deploy-{name}", generation, ready
+        )
+
+
+def pinned_traffic(kmock: kmock.KubernetesEmulator) -> Any:
+    return kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw["spec"].get("traffic")
+
+
+async def test_repeated_and_concurrent_reverts_converge_on_one_pin(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    seed_revisions(
+        kmock, [("00001", 1, True), ("00002", 2, True), ("00003", 3, True)], "demo-ok-deploy-00003"
+    )
+    # Three concurrent deliveries of one revert, then two redeliveries: every one reports the same pin.
+    states = await asyncio.gather(
+        *[asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy") for _ in range(3)]
+    )
+    states += [await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy") for _ in range(2)]
+    assert {state.pinned_revision for state in states} == {"demo-ok-deploy-00002"}
+    assert pinned_traffic(kmock) == [
+        {"revisionName": "demo-ok-deploy-00002", "latestRevision": False, "percent": 100}
+    ]
+
+
+async def test_a_revert_after_a_deploy_that_never_became_ready_pins_the_last_good_revision(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    seed_revisions(
+        kmock, [("00001", 1, True), ("00002", 2, True), ("00003", 3, False)], "demo-ok-deploy-00002"
+    )
+    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    assert state.pinned_revision == "demo-ok-deploy-00002"
+
+
 async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
     kmock: kmock.KubernetesEmulator, backend: KnativeBackend
 ) -> None:
     await asyncio.to_thread(backend.ensure_step_service, make_spec())
-    # What Knative's controllers would have done after three deploys (the second revision never got ready)
+    # What Knative's controllers would have done after four deploys (the third revision never got ready)
     kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].patch(
         {"status": {"latestReadyRevisionName": "demo-ok-deploy-00004"}}
     )
@@ -219,11 +265,9 @@ async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
     traffic_patch = [request for request in kmock if request.method == "PATCH"][-1]
     assert traffic_patch.params["fieldManager"] == "xpipe-traffic"
 
-    # Reverting again moves one further back; with nothing older left it is a NotFound.
+    # A pinned service keeps its pin: a deploy made while pinned never served.
     state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
-    assert state.pinned_revision == "demo-ok-deploy-00001"
-    with pytest.raises(NotFound):
-        await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    assert state.pinned_revision == "demo-ok-deploy-00002"
 
     state = await asyncio.to_thread(backend.restore_traffic, NAMESPACE, "demo-ok-deploy")
     assert state.pinned_revision is None

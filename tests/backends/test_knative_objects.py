@@ -37,7 +37,17 @@ def test_revert_target_ignores_unready_and_foreign_revisions() -> None:
     assert revert_target(service, revisions[2:]) is None
 
 
-def test_a_pinned_service_reverts_from_its_pin() -> None:
+def test_a_revert_target_is_a_fixed_point_of_its_own_pin() -> None:
+    """Applying the chosen pin and choosing again gives the same pin: redeliveries never walk back."""
+    service: dict[str, Any] = {"metadata": {"name": "s"}, "status": {"latestReadyRevisionName": "s-00003"}}
+    revisions = [revision("s-00001", 1), revision("s-00002", 2), revision("s-00003", 3)]
+    target = revert_target(service, revisions)
+    assert target == "s-00002"
+    service["spec"] = {"traffic": [{"revisionName": target, "latestRevision": False, "percent": 100}]}
+    assert revert_target(service, revisions) == target
+
+
+def test_a_pinned_service_keeps_its_pin() -> None:
     service = {
         "metadata": {"name": "s"},
         "spec": {"traffic": [{"revisionName": "s-00002", "latestRevision": False, "percent": 100}]},
@@ -45,7 +55,7 @@ def test_a_pinned_service_reverts_from_its_pin() -> None:
     }
     assert pinned_revision(service) == "s-00002"
     revisions = [revision("s-00001", 1), revision("s-00002", 2), revision("s-00003", 3)]
-    assert revert_target(service, revisions) == "s-00001"
+    assert revert_target(service, revisions) == "s-00002"  # a deploy made while pinned never served
 
 
 def test_label_values_are_made_valid() -> None:

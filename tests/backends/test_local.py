@@ -216,8 +216,8 @@ def test_revert_and_restore_change_which_revision_runs(backend: LocalBackend, ho
     assert state.pinned_revision == "versions-00001"
     assert state.latest_ready_revision == "versions-00002"
     assert "version one" in step_run(host, "versions", "b").json()["summary"]
-    with pytest.raises(NotFound):
-        backend.revert_traffic("xpipe-steps", "versions")  # nothing older left
+    # A repeated revert (a redelivery) keeps the pin instead of walking further back.
+    assert backend.revert_traffic("xpipe-steps", "versions").pinned_revision == "versions-00001"
 
     assert backend.restore_traffic("xpipe-steps", "versions").pinned_revision is None
     assert "version two" in step_run(host, "versions", "c").json()["summary"]
@@ -307,6 +307,12 @@ def test_a_stop_request_must_name_the_attempt(host: Host, body: Any) -> None:
     response = httpx.post(f"{host.url}/attempts/stop", json=body, timeout=10)
     assert response.status_code == 400
     assert response.json()["message"]
+
+
+def test_a_service_with_one_revision_has_nothing_to_revert_to(backend: LocalBackend) -> None:
+    backend.ensure_step_service(python_step("single", "print('only')", digest="v1"))
+    with pytest.raises(NotFound):
+        backend.revert_traffic("xpipe-steps", "single")
 
 
 def test_bad_requests_and_unknown_services(backend: LocalBackend, host: Host) -> None:

@@ -253,11 +253,13 @@ class ExecutionBackend(ABC):
 
     @abstractmethod
     def revert_traffic(self, namespace: str, service: str) -> TrafficState:
-        """Pin 100 % of `service`'s traffic to its previous ready revision (the last known good one).
+        """Pin 100 % of `service`'s traffic to the revision that served before its newest deploy.
 
-        The target is the newest ready revision older than the latest ready one that still exists.
-        Reverting an already pinned service moves the pin one revision further back. Raises NotFound
-        when the service does not exist or has no earlier revision left to revert to.
+        The target is the newest ready revision older than the newest revision (ready or not: a deploy
+        whose revision never became ready is still the one undone). An already pinned service keeps its
+        pin (a deploy made while pinned never served). The target depends only on the revisions, so a
+        repeated or concurrent revert converges on the same pin: it never walks further back. Raises
+        NotFound when the service does not exist or has no earlier revision to revert to.
         """
 
     @abstractmethod

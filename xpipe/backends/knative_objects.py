@@ -212,23 +212,30 @@ def pinned_revision(service: Mapping[str, Any]) -> str | None:
 
 
 def revert_target(service: Mapping[str, Any], revisions: Iterable[Mapping[str, Any]]) -> str | None:
-    """The newest ready revision of `service` older than the one serving now (pinned, else latest ready).
+    """The revision that served before the newest deploy of `service`: the revision a revert pins to.
+
+    A pinned service keeps its pin: a deploy made while pinned never received traffic, so the pin is
+    still the last revision that served. Otherwise the newest revision (ready or not: a deploy whose
+    revision never became ready is the one to undo) is skipped and the newest ready revision older
+    than it is the target. The choice depends only on the revisions, never on an earlier revert, so
+    applying it again (a redelivered or concurrent revert) is a fixed point: the pin never walks back.
 
     `revisions` may include other services' revisions (a label selector the server ignored, say): only
     those labelled with this service's name count.
     """
+    pinned = pinned_revision(service)
+    if pinned is not None:
+        return pinned
     name = service.get("metadata", {}).get("name")
     own = [
         r
         for r in revisions
         if (r.get("metadata", {}).get("labels") or {}).get(REVISION_SERVICE_LABEL) == name
     ]
-    by_name = {r["metadata"]["name"]: r for r in own}
-    current = pinned_revision(service) or service.get("status", {}).get("latestReadyRevisionName")
-    if current is None or current not in by_name:
+    if not own:
         return None
-    current_key = _generation(by_name[current])
-    older = [r for r in own if _is_ready(r) and _generation(r) < current_key]
+    newest_key = _generation(max(own, key=_generation))
+    older = [r for r in own if _is_ready(r) and _generation(r) < newest_key]
     if not older:
         return None
     return str(max(older, key=_generation)["metadata"]["name"])

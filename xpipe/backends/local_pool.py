@@ -284,11 +284,12 @@ class StepHost:
     def revert(self, name: str) -> TrafficState:
         with self._lock:
             service = self.service(name)
-            current = service.serving
-            index = service.revisions.index(current)
-            if index == 0:
-                raise NotFound(f"service {name!r} has no earlier revision left to revert to")
-            service.pinned = service.revisions[index - 1].name
+            # A pinned service keeps its pin; otherwise the revision before the newest one (see
+            # ExecutionBackend.revert_traffic): a repeated or concurrent revert is a fixed point.
+            if service.pinned is None:
+                if len(service.revisions) < 2:
+                    raise NotFound(f"service {name!r} has no earlier revision to revert to")
+                service.pinned = service.revisions[-2].name
             retired = self._retire_unserved(service)
             state = service.traffic(self.namespace)
         self._record("traffic pinned", name, revision=service.pinned)
