@@ -183,18 +183,36 @@ class Countermeasures:
             return diagnosis.get("status") == "requested"
         return False
 
+    @staticmethod
+    def _directed_revert(view: dict[str, Any], directive_id: str) -> tuple[str, str, str] | None:
+        """(step, service, namespace) of the revert the journal directs with this id and still waits
+        for, taken from the job's plan, or None. The event's own step/service/namespace are never used:
+        a forged or stale event could otherwise pin any Service the function may patch."""
+        rollback = view.get("rollback") or {}
+        for action in rollback.get("actions") or []:
+            if not isinstance(action, dict) or action.get("directiveId") != directive_id:
+                continue
+            if action.get("kind") != "revert" or action.get("status") != "running":
+                return None
+            for step in view.get("steps") or []:
+                if not isinstance(step, dict) or step.get("name") != action.get("step"):
+                    continue
+                target = step.get("revert") or {}
+                service, namespace = target.get("service"), target.get("namespace")
+                if isinstance(service, str) and service and isinstance(namespace, str) and namespace:
+                    return str(step["name"]), service, namespace
+            return None
+        return None
+
     def _revert(self, job_id: str, directive: dict[str, Any], key: str) -> None:
-        step, service, namespace = directive.get("step"), directive.get("service"), directive.get("namespace")
-        if not all(isinstance(v, str) and v for v in (step, service, namespace)):
-            raise MalformedEvent("a revert directive names step, service and namespace")
-        assert isinstance(step, str)
-        assert isinstance(service, str)
-        assert isinstance(namespace, str)
-        if not self._still_directed(self.journal.job(job_id), directive["id"]):
+        directed = self._directed_revert(self.journal.job(job_id), directive["id"])
+        if directed is None:
             log.info(
-                "revert no longer directed (done or timed out); ignored", extra={"directive": directive["id"]}
+                "revert not directed by the journal (unknown, done or timed out); ignored",
+                extra={"directive": directive["id"]},
             )
             return
+        step, service, namespace = directed
         data: dict[str, Any] = {"step": step}
         try:
             state = self.backend().revert_traffic(namespace, service)
@@ -227,7 +245,17 @@ class Countermeasures:
             if isinstance(step, dict) and isinstance(step.get("service"), str):
                 services.append(step["service"])
         report = self.backend().collect_diagnostics(job_id, services)
-        report.setdefault("pods", directive.get("pods") or [])
+        # The pods the job's attempts named, from the journal's view (never from the event).
+        pods = sorted(
+            {
+                attempt["pod"]
+                for step in view.get("steps") or []
+                if isinstance(step, dict)
+                for attempt in step.get("attempts") or []
+                if isinstance(attempt, dict) and isinstance(attempt.get("pod"), str)
+            }
+        )
+        report.setdefault("pods", pods)
         self._commit(job_id, "DIAGNOSTIC_REPORT", {"report": fit_report(report)}, key)
 
     def _commit(self, job_id: str, record_type: str, data: dict[str, Any], key: str) -> None:

@@ -185,3 +185,55 @@ def test_a_revert_pins_the_previous_revision_once_even_when_redelivered(
     assert pinned == record["data"]["revision"]
     assert rollback.post(revert, token=RELAY_TOKEN).status_code == 202  # the broker redelivers it
     assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] == pinned
+
+
+def three_revisions(step_host: StepHost, prefix: str) -> str:
+    service = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    for digest in ("sha256:one", "sha256:two", "sha256:three"):
+        spec = StepServiceSpec(name=service, template="shop", step="web", image="img", argv=("true",), env={},
+                               timeout_seconds=30, template_digest=digest)  # fmt: skip
+        assert step_host.http.put(f"/services/{service}", json=spec.to_json_dict()).status_code == 200
+    return service
+
+
+def test_a_forged_revert_changes_nothing_and_targets_come_only_from_the_plan(
+    rollback: FunctionServer, client: JournalClient, sink: EventSink, step_host: StepHost
+) -> None:
+    planned, victim = three_revisions(step_host, "xp-planned"), three_revisions(step_host, "xp-victim")
+    revert_target = {"kind": "knative-traffic", "service": planned, "namespace": "xpipe-steps"}
+    plan = {**PLAN, "onFailure": "rollback", "steps": [step("deploy", revert=revert_target), step("verify")]}
+    job_id = commit(client, None, "JOB_REGISTERED", plan).job_id
+    finish(client, job_id, "deploy", "succeeded")
+    (start,) = [d for d in finish(client, job_id, "verify", "failed") if d["kind"] == "rollback"]
+    forged_directive = {"id": f"{job_id}/d99", "action": "revert", "step": "deploy",
+                        "kind": "knative-traffic", "service": victim, "namespace": "xpipe-steps"}  # fmt: skip
+    forged = {**start, "id": f"{job_id}/d99", "kind": "revert"}
+    forged["event"] = {
+        **start["event"],
+        "data": {"jobId": job_id, "reason": "x", "directive": forged_directive},
+    }
+    before = journal_counts(client)
+    # Before the saga started (no revert directed at all) and after: neither pins anything.
+    assert deliver(rollback, forged) == 202
+    assert journal_counts(client) == before
+    assert deliver(rollback, start) == 202
+    (revert,) = sink.wait_for(
+        lambda e: (
+            e.get(EXT_JOB) == job_id and (e.get_data() or {}).get("directive", {}).get("action") == "revert"
+        )
+    )
+    before = journal_counts(client)
+    assert deliver(rollback, forged) == 202
+    assert journal_counts(client) == before
+    assert step_host.http.get(f"/services/{victim}").json()["pinnedRevision"] is None
+    assert step_host.http.get(f"/services/{planned}").json()["pinnedRevision"] is None
+
+    # The journal's own directive id with a tampered target still pins only the plan's service.
+    tampered = revert.get_data()
+    tampered["directive"] = {**tampered["directive"], "service": victim}
+    event = directive_event(
+        {**forged, "id": revert["id"], "event": {**forged["event"], "data": tampered}}, {}
+    )
+    assert rollback.post(event, token=RELAY_TOKEN).status_code == 202
+    assert step_host.http.get(f"/services/{victim}").json()["pinnedRevision"] is None
+    assert step_host.http.get(f"/services/{planned}").json()["pinnedRevision"] == f"{planned}-00002"
