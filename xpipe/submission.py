@@ -4,7 +4,9 @@ Order matters for "bad input changes nothing": the event and its params are vali
 anything happens; the step services are ensured next (idempotent, cached by template digest, so a job is
 never registered whose steps cannot be deployed); only then is ``JOB_REGISTERED`` committed — the single
 point after which the job exists. Its directives (dispatch step 1) go to the outbox, and the reply tells
-the caller the job id. A redelivered submit carries the same idempotency key and gets the same job id.
+the caller the job id. A redelivered submit carries the same idempotency key and gets the same job id;
+a *different* submission that reuses an event's source and id is refused (422), never answered with the
+job the first one registered.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
@@ -20,7 +23,7 @@ from pydantic import ValidationError
 from xpipe import logs
 from xpipe.auth import Caller
 from xpipe.backends.base import ExecutionBackend, StepServiceSpec
-from xpipe.errors import InvalidParams, MalformedEvent
+from xpipe.errors import InvalidParams, MalformedEvent, UnprocessableRequest
 from xpipe.events import EXT_JOB, JOB_REGISTERED, PIPELINE_SUBMIT, JobRegistered, PipelineSubmit
 from xpipe.http import event_data
 from xpipe.journal import JobJournal, idempotency_key
@@ -35,6 +38,12 @@ REGISTERED_STATE = "PENDING"
 # idempotent but costs a round trip per service (an API server, or the local step host); re-ensuring
 # periodically heals a backend that lost it (a step host restarted without its state file).
 ENSURED_TRUST_SECONDS = 60.0
+# What makes two submits the same submission: a redelivery must match the registered job on all of them.
+SUBMISSION_FIELDS = ("template", "params", "requestedBy")
+
+
+class ReusedEventId(UnprocessableRequest):
+    """A submit whose ``source`` and ``id`` registered a job already, but asking for something else."""
 
 
 def parse_submit(event: CloudEvent) -> PipelineSubmit:
@@ -83,6 +92,16 @@ class Submission:
                 with self._ensured_lock:
                     self._ensured[key] = now
 
+    def _check_same_submission(self, event: CloudEvent, plan: dict[str, Any], job_id: str) -> None:
+        """Refuse a duplicate key whose content differs from its registered job (read on duplicates only)."""
+        view = self.journal.job(job_id)
+        differing = [name for name in SUBMISSION_FIELDS if view.get(name) != plan[name]]
+        if differing:
+            raise ReusedEventId(
+                f"event id {event['id']!r} from source {event['source']!r} was already used for a different "
+                f"submission (job {job_id}; differs in {', '.join(differing)}): send a new event id"
+            )
+
     def handle(self, event: CloudEvent, caller: Caller) -> CloudEvent:
         """Register the job the event asks for; the reply is ``com.xpipe.job.registered``."""
         submit = parse_submit(event)
@@ -91,6 +110,8 @@ class Submission:
         self._ensure(job.services)
         committed = self.journal.register(job.plan, key=idempotency_key(event["source"], event["id"]))
         logs.bind_job(committed.job_id)
+        if committed.duplicate:
+            self._check_same_submission(event, job.plan, committed.job_id)
         log.info(
             "job registered",
             extra={"template": template.name, "duplicate": committed.duplicate, "seq": committed.seq,

@@ -98,6 +98,28 @@ def test_the_same_submit_delivered_twice_registers_one_job(
     assert journal_counts(client)[0] == jobs_after_first
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"template": "demo-fail"}, {"params": {"message": "other"}}, {"requestedBy": "magento:someone-else"}],
+    ids=["template", "params", "requested-by"],
+)
+def test_an_event_id_reused_for_a_different_submission_is_a_422_and_writes_nothing(
+    submit: FunctionServer, client: JournalClient, change: dict[str, Any]
+) -> None:
+    event = submit_event()
+    first = registered(submit.post(event, token=SUBMIT_TOKEN))
+    before = journal_counts(client)
+    other = CloudEvent(dict(event.get_attributes()), {**(event.get_data() or {}), **change})
+    response = submit.post(other, token=SUBMIT_TOKEN)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "ReusedEventId"
+    assert event["id"] in response.json()["message"]
+    assert "already used for a different submission" in response.json()["message"]
+    assert journal_counts(client) == before
+    again = registered(submit.post(event, token=SUBMIT_TOKEN))  # the original still deduplicates
+    assert (again.get_data() or {})["jobId"] == (first.get_data() or {})["jobId"]
+
+
 def test_admin_may_submit(submit: FunctionServer) -> None:
     registered(submit.post(submit_event(), token=ADMIN_TOKEN))
 
