@@ -1,7 +1,9 @@
 """A step command for the runtime tests: `step_program.py ACTION ARG OUT`, behaviour chosen per run.
 
 Actions: `argv` writes its argv and XPIPE_* env as JSON to OUT; `exit` exits with code ARG; `sleep`
-appends a line to OUT, then sleeps ARG seconds; `hang` ignores SIGTERM and sleeps forever.
+appends a line to OUT, then sleeps ARG seconds; `hang` ignores SIGTERM and sleeps forever; `escape`
+leaves a child holding the output pipe (in a new session when ARG is `setsid`, else in the command's
+process group), writes its pid to OUT and exits.
 """
 
 import json
@@ -29,3 +31,12 @@ elif action == "hang":
         handle.write(f"{os.getpid()}\n")
     while True:
         time.sleep(3600)
+elif action == "escape":
+    child = os.fork()
+    if child == 0:
+        if arg == "setsid":
+            os.setsid()
+        time.sleep(300)
+        os._exit(0)
+    with open(out, "w") as handle:
+        handle.write(f"{child}\n")

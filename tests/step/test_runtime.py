@@ -12,8 +12,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import pytest
 from cloudevents.http import from_http
 from step_harness import EventSink, RuntimeProcess, heartbeats_of, start_runtime, wait_until
+
+STEP_RUN_HEADERS = {
+    "ce-specversion": "1.0", "ce-type": "com.xpipe.step.run", "ce-source": "/test", "ce-id": "escape",
+}  # fmt: skip
 
 
 def finished_of(response: httpx.Response) -> tuple[dict[str, str], dict[str, object]]:
@@ -268,3 +273,34 @@ def test_deeply_nested_json_is_a_final_400_not_a_dropped_connection(
         runtime.post_run("job-after-deep", {"action": "exit", "arg": "0", "out": str(tmp_path)})
     )
     assert data["outcome"] == "succeeded"
+
+
+def process_gone(pid: int) -> bool:
+    """Neither running nor a zombie waiting to be reaped."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("how", ["setsid", "group"])
+def test_leftovers_holding_the_output_pipe_neither_delay_the_reply_nor_outlive_the_run(
+    sink: EventSink, tmp_path: Path, how: str
+) -> None:
+    # A grace period far longer than the client's time-out: waiting on the pipe for it would fail the test.
+    runtime = start_runtime(sink.url, "--stop-grace-seconds", "120")
+    try:
+        out = tmp_path / "leftover"
+        response = runtime.client.post(
+            runtime.url,
+            headers=STEP_RUN_HEADERS,
+            json={"jobId": f"job-escape-{how}", "step": "build", "attempt": 1,
+                  "params": {"action": "escape", "arg": how, "out": str(out)}},
+            timeout=20,
+        )  # fmt: skip
+        _, data = finished_of(response)
+        assert data["outcome"] == "succeeded"
+        leftover = int(out.read_text())
+        wait_until(
+            lambda: process_gone(leftover), timeout=5, what=f"leftover {leftover} to be killed and reaped"
+        )
+        assert runtime.client.get(runtime.url + "health/readiness").status_code == 200
+    finally:
+        runtime.stop()

@@ -17,6 +17,7 @@ from types import FrameType
 
 from xpipe.step import log as step_log
 from xpipe.step.config import ConfigError, load
+from xpipe.step.leftovers import become_subreaper
 from xpipe.step.runtime import StepRuntime
 from xpipe.step.server import StepHTTPServer
 
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         log.error("cannot start the step runtime", extra={"reason": str(error)})
         return 2
+    # Orphans of a command come to us (as they would to PID 1 in a container) and are killed after the run.
+    become_subreaper()
     runtime = StepRuntime(config)
     try:
         server = StepHTTPServer((config.host, config.port), runtime, config.listen_fd)

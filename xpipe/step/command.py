@@ -1,8 +1,10 @@
 """One run of the step's command: start it without a shell, keep its output's tail, stop it on demand.
 
 The command runs in its own process group, so stopping it (deadline, cancellation) reaches whatever it
-started too: SIGTERM to the group, then SIGKILL after a grace period. Nothing it starts outlives the run,
-because pods (and local step processes) are reused by the next job.
+started too: SIGTERM to the group, then SIGKILL after a grace period. After every run, however it ended,
+what is left of the group and every process re-parented to the runtime (a `setsid` daemon, an orphan) is
+killed and reaped (`leftovers`), so nothing it starts outlives the run (on Linux; elsewhere the group
+only): pods and local step processes are reused by the next job.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from xpipe.events import SUMMARY_MAX_BYTES
+from xpipe.step.leftovers import kill_leftovers
 
 log = logging.getLogger("xpipe.step.command")
 
@@ -32,6 +35,9 @@ _READ_CHUNK = 8192
 _OWN_PROCESS_GROUP: dict[str, Any] = (
     {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 )
+# Once everything the command started is dead, how long the output's last bytes may take to arrive; a
+# leftover that could not be killed and still holds the pipe delays the reply by this much at most.
+OUTPUT_DRAIN_SECONDS = 1.0
 # Exit codes a shell would report, used when the command cannot even be started.
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
@@ -172,8 +178,9 @@ class CommandRun:
                 break
         if ending != "exited":
             self._stop()
-        # Leftovers of the group (a daemonised grandchild) must not outlive the run.
-        self._signal_group(signal.SIGKILL)
+        # Leftovers (a background child, a daemonised grandchild) must not outlive the run, nor hold the
+        # output pipe and with it the reply.
+        kill_leftovers(self._process.pid)
         duration = time.monotonic() - self._started
-        tail = self._output.text(join_timeout=self._grace)
+        tail = self._output.text(join_timeout=OUTPUT_DRAIN_SECONDS)
         return CommandResult(ending, self._process.returncode, duration, tail)
