@@ -43,6 +43,9 @@ log = logging.getLogger("xpipe.http")
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 _READ_CHUNK = 64 * 1024
+# The Retry-After of a 429 (overloaded): about the time the requests in flight need to finish, so a
+# sender that honours the header retries once there is room, and loses little time if it never is.
+RETRY_AFTER_SECONDS = 1
 
 _REQUEST_STATUS: list[tuple[type[RequestError], int]] = [
     (MalformedEvent, 400),
@@ -96,7 +99,8 @@ def error_response(error: BaseException) -> Response:
     if isinstance(error, backend.BackendError) and status >= 500:
         message = str(error)
     body = json.dumps({"error": error_code_for(error), "message": message})
-    return unbuffered(body, status, "application/json")
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+    return unbuffered(body, status, "application/json", headers)
 
 
 def unbuffered(body: str, status: int, mimetype: str, headers: dict[str, str] | None = None) -> Response:

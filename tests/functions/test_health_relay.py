@@ -30,6 +30,7 @@ from functions_harness import (
 
 from vms_adapter.client import JournalClient
 from xpipe.events import EXT_JOB, EXT_STEP, PING, STEP_FINISHED, STEP_HEARTBEAT, STEP_RUN
+from xpipe.http import RETRY_AFTER_SECONDS
 from xpipe.templates import BUILTIN_TEMPLATES_DIR, Catalog, resolve
 
 
@@ -265,6 +266,7 @@ def test_requests_beyond_the_in_flight_limit_get_429_and_write_nothing(
         before = journal_counts(client)
         overflow = server.post(heartbeat(job_id, step="build"), token=RELAY_TOKEN)
         assert overflow.status_code == 429
+        assert int(overflow.headers["Retry-After"]) == RETRY_AFTER_SECONDS  # when to try again
         assert journal_counts(client) == before
     finally:
         gated.gate.set()
