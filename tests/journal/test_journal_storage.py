@@ -207,6 +207,38 @@ def test_a_zero_filled_tail_is_torn_but_garbage_is_corruption(running: Running) 
     assert garbage.damage.offset == len(data)
 
 
+def test_a_last_transaction_whose_final_sectors_are_zeros_is_a_torn_tail(tmp_path: Path) -> None:
+    """Power loss can leave the last sectors of an unfinished write as zeros inside the new file size.
+    Before: the CRC mismatch made that corruption, and an ordinary crash stopped start-up (exit 2)."""
+    first = Running(tmp_path / "j")
+    first.commit("k1", None, "x-a")
+    first.writer.submit(
+        CommitRequest(None, "k2", None, [IncomingRecord("x-a", {"pad": "p" * 3000})]), TIMEOUT_S
+    )
+    first.close()
+    name, data = segment_bytes(tmp_path / "j")
+    kept_end = transaction_ends(data, name)[0]
+    sector = reader.SECTOR_BYTES
+    for zeros_from in (len(data) // sector * sector, (kept_end // sector + 1) * sector):
+        torn = data[:zeros_from] + bytes(len(data) - zeros_from)
+        scan = reader.scan_segment(torn, name)
+        assert scan.damage is not None
+        assert (scan.damage.torn, scan.damage.offset) == (True, kept_end), scan.damage
+    # One zeroed sector with non-zero bytes after it is damage, not a crash's leftover.
+    middle = (kept_end // sector + 2) * sector
+    holed = data[:middle] + bytes(sector) + data[middle + sector :]
+    damage = reader.scan_segment(holed, name).damage
+    assert damage is not None
+    assert (damage.torn, damage.offset) == (False, kept_end)
+    (tmp_path / "j" / name).write_bytes(data[: len(data) // sector * sector] + bytes(len(data) % sector))
+    reopened = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
+    try:
+        assert reopened.state.last_seq == 1
+        assert any("cut torn tail" in action for action in reopened.recovery)
+    finally:
+        reopened.close()
+
+
 def test_every_single_bit_flip_is_detected_as_corruption(running: Running) -> None:
     running.commit("k1", None, "x-a", "x-b")
     running.commit("k2", None, "x-a")

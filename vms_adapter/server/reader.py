@@ -3,8 +3,9 @@
 The rule that tells the two kinds of damage apart (docs/journal.md, "Recovery"):
 
 - a *torn tail* is what a crash leaves at the end of the LAST segment: an incomplete entry, a transaction
-  without its commit marker, or a zero-filled tail. Nothing in it was acknowledged (acknowledgements wait
-  for fsync of the whole write), so start-up cuts it off and says what it cut;
+  without its commit marker, or a zero-filled tail (also zeroed sectors from inside the last entry on).
+  Nothing in it was acknowledged (acknowledgements wait for fsync of the whole write), so start-up cuts
+  it off and says what it cut;
 - anything else is *corruption*: a complete entry whose CRC or header check fails, an entry that does
   not follow the sequence, a segment other than the last one ending inside a transaction. Start-up
   refuses with the file name and byte offset; ``--salvage`` keeps the sound prefix and moves the rest
@@ -30,6 +31,8 @@ from vms_adapter.server import wal_format as fmt
 from vms_adapter.server.model import Record
 
 log = logging.getLogger("xpipe.journal.reader")
+
+SECTOR_BYTES = 512  # the unit in which a disk persists a write, or fails to
 
 
 class CorruptJournal(Exception):
@@ -114,6 +117,17 @@ def _check_marker(marker: dict[str, Any], pending: list[Record], records_crc: in
     return None
 
 
+def _zeroed_from(data: bytes) -> int:
+    """Where the zero-filled sectors at the end of ``data`` begin (``len(data)`` if there are none).
+
+    A power loss can leave the last sectors of an unfinished write as zeros inside the file's new size.
+    An entry never ends in a NUL byte (its payload is JSON text), so an entry whose bytes run into a
+    sector-aligned zero suffix was cut off by the crash, not damaged later: that is a torn tail. Damage
+    that anything non-zero follows stays corruption."""
+    start = -(-len(data.rstrip(b"\0")) // SECTOR_BYTES) * SECTOR_BYTES
+    return min(start, len(data))
+
+
 def scan_segment(
     data: bytes, name: str, *, start_offset: int | None = None, next_seq: int | None = None
 ) -> SegmentScan:
@@ -148,6 +162,9 @@ def scan_segment(
         if check != fmt.header_check(length, kind) or reserved != 0 or kind not in fmt.KINDS:
             if data.count(0, offset) == size - offset:
                 scan.damage = Damage(scan.good_end, f"zero-filled tail from {offset}", torn=True)
+            elif _zeroed_from(data) < offset + fmt.ENTRY_HEADER_BYTES:
+                reason = f"entry header at {offset} ends in zero-filled sectors that run to the end"
+                scan.damage = Damage(scan.good_end, reason, torn=True)
             else:
                 scan.damage = Damage(offset, "entry header check failed", torn=False)
             return scan
@@ -161,7 +178,11 @@ def scan_segment(
             return scan
         payload_bytes = data[offset + fmt.ENTRY_HEADER_BYTES : end]
         if zlib.crc32(payload_bytes) != crc:
-            scan.damage = Damage(offset, "entry payload CRC-32 mismatch", torn=False)
+            if _zeroed_from(data) < end:
+                reason = f"entry at {offset} ends in zero-filled sectors that run to the end"
+                scan.damage = Damage(scan.good_end, reason, torn=True)
+            else:
+                scan.damage = Damage(offset, "entry payload CRC-32 mismatch", torn=False)
             return scan
         try:
             payload = json.loads(payload_bytes.decode("utf-8"))
