@@ -85,9 +85,13 @@ def test_missing_param_fails_the_attempt_without_running_anything(
 def test_hang_past_deadline_is_killed_and_its_heartbeats_stop(
     runtime: RuntimeProcess, sink: EventSink, tmp_path: Path
 ) -> None:
-    deadline = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    # The stop margin is the grace (0.5 s) plus 2 s for the reply: the command runs for 1.5 s.
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=4)
     params = {"action": "hang", "arg": "0", "out": str(tmp_path / "pids")}
-    _, data = finished_of(runtime.post_run("job-hang", params, deadline=deadline))
+    _, data = finished_of(runtime.post_run("job-hang", params, deadline=deadline.isoformat()))
+    # SIGTERM, the grace and SIGKILL all happened early enough for the reply to beat the deadline (Knative
+    # cuts the request at its time-out, and a reply after it would be lost and the run retried).
+    assert datetime.now(timezone.utc) < deadline
     assert data["outcome"] == "timed-out"
     assert data["exitCode"] == -9  # it ignored SIGTERM, so the grace period ended in SIGKILL
     beats = sink.matching(heartbeats_of("job-hang"))
@@ -115,6 +119,19 @@ def test_deadline_already_passed_runs_nothing(runtime: RuntimeProcess, tmp_path:
         runtime.post_run("job-late", {"action": "sleep", "arg": "0", "out": str(out)}, deadline=past)
     )
     assert data["outcome"] == "timed-out"
+    assert not out.exists()
+
+
+def test_a_deadline_closer_than_the_stop_margin_runs_nothing(runtime: RuntimeProcess, tmp_path: Path) -> None:
+    # The margin is the grace (0.5 s) plus 2 s: a command started now could not be stopped and replied
+    # for by the deadline.
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
+    out = tmp_path / "never"
+    _, data = finished_of(
+        runtime.post_run("job-too-soon", {"action": "sleep", "arg": "0", "out": str(out)}, deadline=soon)
+    )
+    assert data["outcome"] == "timed-out"
+    assert "no time left to run" in str(data["summary"])
     assert not out.exists()
 
 

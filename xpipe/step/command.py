@@ -23,6 +23,7 @@ from typing import IO, Any, Literal
 
 from xpipe.events import SUMMARY_MAX_BYTES
 from xpipe.step.leftovers import kill_leftovers
+from xpipe.step.limits import OUTPUT_DRAIN_SECONDS
 
 log = logging.getLogger("xpipe.step.command")
 
@@ -35,9 +36,6 @@ _READ_CHUNK = 8192
 _OWN_PROCESS_GROUP: dict[str, Any] = (
     {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 )
-# Once everything the command started is dead, how long the output's last bytes may take to arrive; a
-# leftover that could not be killed and still holds the pipe delays the reply by this much at most.
-OUTPUT_DRAIN_SECONDS = 1.0
 # Exit codes a shell would report, used when the command cannot even be started.
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126

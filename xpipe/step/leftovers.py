@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from xpipe.step.limits import LEFTOVER_KILL_SECONDS
+
 log = logging.getLogger("xpipe.step.leftovers")
 
 _PR_SET_CHILD_SUBREAPER = 36
 _POLL_SECONDS = 0.01
-# How long the runtime keeps killing and reaping leftovers after a run before it gives up on them.
-LEFTOVER_KILL_SECONDS = 2.0
 
 
 def become_subreaper() -> bool:

@@ -30,6 +30,7 @@ from xpipe.params import NAME_PATTERN, ParamError, render_argv, render_env
 from xpipe.step.command import CommandResult, CommandRun
 from xpipe.step.config import RuntimeConfig
 from xpipe.step.emit import EventStamp, HeartbeatSender
+from xpipe.step.limits import stop_margin_seconds
 
 log = logging.getLogger("xpipe.step.runtime")
 
@@ -104,6 +105,12 @@ class StepRuntime:
         self._attempts: OrderedDict[AttemptKey, Attempt] = OrderedDict()
         self._current: Attempt | None = None
         self._draining = False
+        margin = stop_margin_seconds(config.stop_grace_seconds)
+        if config.timeout_seconds is not None and config.timeout_seconds <= margin:
+            log.warning(
+                "the time-out leaves no time to run: every run will end timed-out",
+                extra={"timeoutSeconds": config.timeout_seconds, "stopMarginSeconds": margin},
+            )
 
     @property
     def draining(self) -> bool:
@@ -151,7 +158,8 @@ class StepRuntime:
     # --- one attempt -------------------------------------------------------------------------------
 
     def _deadline(self, run: StepRun) -> float | None:
-        """The run's deadline as a monotonic time: the earlier of step.run's deadline and the timeout."""
+        """When to stop the command (monotonic): the stop margin before the run's time limit, which is the
+        earlier of step.run's deadline and the timeout, so the reply is out by the limit (see limits)."""
         candidates: list[float] = []
         now_monotonic = time.monotonic()
         if run.deadline is not None:
@@ -159,7 +167,9 @@ class StepRuntime:
             candidates.append(now_monotonic + (deadline - datetime.now(timezone.utc)).total_seconds())
         if self.config.timeout_seconds is not None:
             candidates.append(now_monotonic + self.config.timeout_seconds)
-        return min(candidates) if candidates else None
+        if not candidates:
+            return None
+        return min(candidates) - stop_margin_seconds(self.config.stop_grace_seconds)
 
     def _run(self, attempt: Attempt, run: StepRun) -> None:
         extra = {"attempt": str(attempt.key), "xpipejob": run.job_id}
@@ -196,7 +206,13 @@ class StepRuntime:
     def _execute(self, attempt: Attempt, run: StepRun) -> CommandResult:
         deadline = self._deadline(run)
         if deadline is not None and deadline <= time.monotonic():
-            return CommandResult("deadline", None, 0.0, "the deadline had passed before the step started")
+            margin = stop_margin_seconds(self.config.stop_grace_seconds)
+            return CommandResult(
+                "deadline",
+                None,
+                0.0,
+                f"no time left to run: the time limit is less than {margin:g}s away (stop grace plus reply)",
+            )
         try:
             argv = render_argv(self.config.argv, run.params)
             rendered_env = render_env(self.config.env, run.params)
