@@ -7,6 +7,8 @@ event and reports its outcome as a fact:
   compensation as an ordinary step run (compensations need nothing more from this function);
 - ``revert`` -> pin the Knative Service's traffic to its previous ready revision through the backend,
   then ``REVERT_FINISHED`` with the outcome;
+- ``restore`` (a job succeeded) -> traffic of each Service its plan may revert follows the latest
+  revision again (``restore_traffic``), then ``RESTORE_FINISHED`` with the outcome;
 - ``diagnose`` -> collect pods, container states, restarts, events and log tails through the backend,
   then ``DIAGNOSTIC_REPORT`` (cut to fit one journal record);
 - ``com.xpipe.step.cancel`` (a ``cancel`` directive, JOBS.md §9) -> stop the instance running the attempt
@@ -136,6 +138,8 @@ class Countermeasures:
                 self._commit(job_id, "ROLLBACK_STARTED", {"directive": directive["id"]}, key)
             elif action == "revert":
                 self._revert(job_id, directive, key)
+            elif action == "restore":
+                self._restore(job_id, directive, key)
             else:
                 raise MalformedEvent(f"unknown rollback action {action!r}")
         elif event["type"] == JOB_DIAGNOSTIC_REQUESTED:
@@ -231,6 +235,41 @@ class Countermeasures:
             extra={"service": service, "namespace": namespace, "outcome": data["outcome"]},
         )
         self._commit(job_id, "REVERT_FINISHED", data, key)
+
+    def _restore(self, job_id: str, directive: dict[str, Any], key: str) -> None:
+        """Traffic of the Services a succeeded job's plan may revert follows their latest revision again
+        (JOBS.md §7). The targets come from the journal's view of the job, never from the event; a
+        directive the journal did not give, or one already reported, changes nothing."""
+        view = self.journal.job(job_id)
+        restore = view.get("restore") or {}
+        extra = {"directive": directive["id"]}
+        if restore.get("directiveId") != directive["id"]:
+            log.warning("restore not directed by the journal; ignored", extra=extra)
+            return
+        for entry in view.get("history") or []:
+            data = entry.get("data") if isinstance(entry, dict) else None
+            if entry.get("type") == "RESTORE_FINISHED" and (data or {}).get("directive") == directive["id"]:
+                # Already done: a late redelivery must not undo a revert that a later job made since.
+                log.info("restore already reported; ignored", extra=extra)
+                return
+        results: list[dict[str, Any]] = []
+        for target in restore.get("targets") or []:
+            service, namespace = target.get("service"), target.get("namespace")
+            if not (isinstance(service, str) and isinstance(namespace, str)):
+                continue
+            try:
+                state = self.backend().restore_traffic(namespace, service)
+            except BackendError as error:
+                if error.retryable:
+                    raise  # 503: Knative redelivers; restore is idempotent
+                results.append({"service": service, "namespace": namespace, "error": type(error).__name__,
+                                "message": str(error)[:300]})  # fmt: skip
+            else:
+                results.append(state.to_json_dict())
+        outcome = "failed" if any("error" in r for r in results) else "succeeded"
+        log.info("restore carried out", extra={**extra, "outcome": outcome, "targets": len(results)})
+        data = {"directive": directive["id"], "outcome": outcome, "details": {"targets": results}}
+        self._commit(job_id, "RESTORE_FINISHED", data, key)
 
     def _diagnose(self, job_id: str, directive: dict[str, Any], key: str) -> None:
         view = self.journal.job(job_id)

@@ -237,3 +237,33 @@ def test_a_forged_revert_changes_nothing_and_targets_come_only_from_the_plan(
     assert rollback.post(event, token=RELAY_TOKEN).status_code == 202
     assert step_host.http.get(f"/services/{victim}").json()["pinnedRevision"] is None
     assert step_host.http.get(f"/services/{planned}").json()["pinnedRevision"] == f"{planned}-00002"
+
+
+def test_a_succeeded_job_restores_traffic_once_and_a_forged_restore_changes_nothing(
+    rollback: FunctionServer, client: JournalClient, step_host: StepHost
+) -> None:
+    service = three_revisions(step_host, "xp-restored")
+    assert step_host.http.post(f"/services/{service}/revert").json()["pinnedRevision"] == f"{service}-00002"
+    revert_target = {"kind": "knative-traffic", "service": service, "namespace": "xpipe-steps"}
+    plan = {**PLAN, "steps": [step("deploy", revert=revert_target)]}
+    job_id = commit(client, None, "JOB_REGISTERED", plan).job_id
+    (restore,) = [d for d in finish(client, job_id, "deploy", "succeeded") if d["kind"] == "restore"]
+
+    forged = {**restore, "id": f"{job_id}/d99"}
+    forged_data = {"jobId": job_id, "reason": "x", "directive": {"id": f"{job_id}/d99", "action": "restore"}}
+    forged["event"] = {**restore["event"], "data": forged_data}
+    before = journal_counts(client)
+    assert deliver(rollback, forged) == 202
+    assert journal_counts(client) == before
+    assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] == f"{service}-00002"
+
+    assert deliver(rollback, restore) == 202
+    assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] is None
+    (record,) = [h for h in client.read_job(job_id)["history"] if h["type"] == "RESTORE_FINISHED"]
+    assert record["data"]["outcome"] == "succeeded"
+    assert record["data"]["directive"] == restore["id"]
+
+    # A later job reverts the Service again; a late redelivery of the old restore must not undo that.
+    step_host.http.post(f"/services/{service}/revert")
+    assert deliver(rollback, restore) == 202
+    assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] == f"{service}-00002"

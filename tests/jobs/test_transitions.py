@@ -620,20 +620,25 @@ FACTS: dict[str, tuple[str, dict[str, Any]]] = {
     "annotation": ("x-note", {"text": "hello"}),
     "register": ("JOB_REGISTERED", plan()),
     "derived": ("ROLLBACK_COMPLETED", {"outcome": "rolled-back"}),
+    # No situation here has a restore directive (only a succeeded job with a revert target has one).
+    "restore-finished": ("RESTORE_FINISHED", {"directive": "j1/d1", "outcome": "succeeded"}),
 }
 T, R, C = "INVALID_TRANSITION", "INVALID_RECORD", "apply"
 MATRIX: dict[str, tuple[Setup, list[str]]] = {
     # situation: (setup, verdicts in FACTS order)
-    "pending": (pending, [C, C, C, T, T, T, "same", T, R]),
-    "running": (running, [C, C, C, T, T, T, "same", T, R]),
-    "failed-awaiting-rollback": (failed_awaiting("rollback"), ["same", "same", T, C, T, T, "same", T, R]),
-    "failed-awaiting-diagnosis": (failed_awaiting("diagnose"), ["same", "same", T, T, C, T, "same", T, R]),
-    "rolling-back": (rolling_back, ["same", "same", T, "same", T, T, "same", T, R]),
-    "succeeded": (succeeded, ["same", "same", T, T, T, T, "same", T, R]),
-    "failed": (failed_finished, ["same", "same", T, T, T, T, "same", T, R]),
-    "rolled-back": (rolled_back, ["same", "same", T, "same", T, T, "same", T, R]),
-    "cancelled": (cancelled, ["same", "same", "same", T, T, T, "same", T, R]),
-    "cancelled-awaiting-rollback": (cancelled_then_rollback, ["same", "same", "same", C, T, T, "same", T, R]),
+    "pending": (pending, [C, C, C, T, T, T, "same", T, R, T]),
+    "running": (running, [C, C, C, T, T, T, "same", T, R, T]),
+    "failed-awaiting-rollback": (failed_awaiting("rollback"), ["same", "same", T, C, T, T, "same", T, R, T]),
+    "failed-awaiting-diagnosis": (failed_awaiting("diagnose"), ["same", "same", T, T, C, T, "same", T, R, T]),
+    "rolling-back": (rolling_back, ["same", "same", T, "same", T, T, "same", T, R, T]),
+    "succeeded": (succeeded, ["same", "same", T, T, T, T, "same", T, R, T]),
+    "failed": (failed_finished, ["same", "same", T, T, T, T, "same", T, R, T]),
+    "rolled-back": (rolled_back, ["same", "same", T, "same", T, T, "same", T, R, T]),
+    "cancelled": (cancelled, ["same", "same", "same", T, T, T, "same", T, R, T]),
+    "cancelled-awaiting-rollback": (
+        cancelled_then_rollback,
+        ["same", "same", "same", C, T, T, "same", T, R, T],
+    ),
 }
 CELLS = [
     (situation, fact, setup, verdicts[index])

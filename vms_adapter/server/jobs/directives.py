@@ -26,8 +26,10 @@ CANCEL = "cancel"
 ROLLBACK = "rollback"
 REVERT = "revert"
 DIAGNOSE = "diagnose"
+RESTORE = "restore"
 FINISHED = "finished"
-NEVER_WITHDRAWN = frozenset({CANCEL, FINISHED})
+# A restore outlives its job (it is for the Services, not the job): never withdrawn either.
+NEVER_WITHDRAWN = frozenset({CANCEL, RESTORE, FINISHED})
 
 
 def iso_utc(unix_seconds: float) -> str:
@@ -112,6 +114,16 @@ def revert(job: Job, step: dict[str, Any], now: float) -> dict[str, Any]:
     }
     data = {"jobId": job["jobId"], "reason": f"revert step {step['name']}", "directive": directive}
     return entry(job, REVERT, now, _event(job, JOB_ROLLBACK_REQUESTED, data, subject=step["name"]))
+
+
+def restore(job: Job, now: float) -> dict[str, Any]:
+    """Traffic of the Services this job deployed follows their latest revision again. The event names
+    only the job and the directive: the function takes the targets from the job's view (never from the
+    event, which a forger could fill in)."""
+    ident = next_id(job)
+    reason = "the job succeeded: its Services' traffic follows the latest revision again"
+    data = {"jobId": job["jobId"], "reason": reason, "directive": {"id": ident, "action": "restore"}}
+    return entry(job, RESTORE, now, _event(job, JOB_ROLLBACK_REQUESTED, data))
 
 
 def diagnose(job: Job, reason: str, now: float) -> dict[str, Any]:

@@ -276,6 +276,8 @@ def fold(job: Job, record_type: str, data: dict[str, Any], t: float) -> None:
             action["directiveId"] = data["directive"]["id"]
             action["deadline"] = data["deadline"]
         _add_directive(job, data["directive"], t)
+    elif record_type == rt.RESTORE_REQUESTED:
+        _add_directive(job, data["directive"], t)
     elif record_type == rt.REVERT_FINISHED:
         action = current_action(job)
         if (

@@ -94,6 +94,13 @@ def admit(job: Job, record_type: str, data: dict[str, Any]) -> str:
                     return IDEMPOTENT
                 raise _refuse(job, record_type, f"the revert of step {data['step']} was not directed yet")
         raise _refuse(job, record_type, f"no revert of step {data['step']} is part of a rollback")
+    if record_type == rt.RESTORE_FINISHED:
+        # The outcome of a restore is kept in the history; it changes no state (the job has finished).
+        wanted = data["directive"]
+        found = job["directives"].get(wanted)
+        if found is None or found["kind"] != "restore":
+            raise _refuse(job, record_type, f"{wanted} is not a restore directive of this job")
+        return IDEMPOTENT
     if record_type == rt.DIAGNOSTIC_REPORT:
         diagnosis = job["diagnosis"]
         if diagnosis is None:

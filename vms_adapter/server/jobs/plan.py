@@ -49,3 +49,16 @@ def backoff_s(step: dict[str, Any], failed_attempt: int) -> float:
 
 def compensation_of(step: dict[str, Any]) -> str:
     return compensation_label(step["name"])
+
+
+def revert_targets(plan: dict[str, Any]) -> list[dict[str, str]]:
+    """The distinct Knative traffic targets the plan's steps may revert, in plan order (JOBS.md §7)."""
+    targets: list[dict[str, str]] = []
+    for step in plan["steps"]:
+        target = step["revert"]
+        if target is None:
+            continue
+        entry = {"kind": target["kind"], "service": target["service"], "namespace": target["namespace"]}
+        if entry not in targets:
+            targets.append(entry)
+    return targets

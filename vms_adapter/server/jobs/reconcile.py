@@ -13,7 +13,7 @@ from . import directives as dv
 from . import records as rt
 from . import states as st
 from .fold import current_action, live_attempts
-from .plan import backoff_s, compensation_of, runnable, step_named
+from .plan import backoff_s, compensation_of, revert_targets, runnable, step_named
 from .shapes import Attempt, Job
 
 Next = tuple[str, dict[str, Any]]
@@ -42,6 +42,10 @@ def _forward(job: Job, now: float) -> Next | None:
         if step["name"] not in job["succeeded"]:
             break
     else:
+        targets = revert_targets(job["plan"])
+        if targets and not any(d["kind"] == dv.RESTORE for d in job["directives"].values()):
+            # A successful deploy undoes any revert pin on the Services it deploys (JOBS.md §7).
+            return rt.RESTORE_REQUESTED, {"targets": targets, "directive": dv.restore(job, now)}
         return _finish(job, st.SUCCEEDED, now)
     attempts = job["attempts"].get(step["name"], [])
     if attempts and attempts[-1]["outcome"] is None:

@@ -249,6 +249,11 @@ def check_fact(record_type: str, job_id: str, data: object) -> None:
         fields.choice("outcome", REVERT_OUTCOMES)
         fields.text("revision", max_len=MAX_NAME, optional=True)
         fields.obj("details", optional=True)
+    elif record_type == rt.RESTORE_FINISHED:
+        fields.only("jobId", "directive", "outcome", "details")
+        fields.text("directive", max_len=MAX_NAME)
+        fields.choice("outcome", REVERT_OUTCOMES)
+        fields.obj("details", optional=True)
     elif record_type == rt.DIAGNOSTIC_REPORT:
         fields.only("jobId", "report")
         fields.obj("report")

@@ -11,7 +11,7 @@ from vms_adapter.protocol import MAX_BODY_BYTES
 from vms_adapter.server.model import ModelRejection
 
 from .fold import live_attempts
-from .plan import compensation_of
+from .plan import compensation_of, revert_targets
 from .shapes import Attempt, HistoryEntry, Job
 from .states import ALL_STATES
 
@@ -146,6 +146,7 @@ def _base_view(job: Job, summary_chars: int | None, last_only: bool, pending_onl
         if rollback is None
         else {**rollback, "actions": [dict(a) for a in rollback["actions"]]},
         "diagnosis": dict(diagnosis) if diagnosis else None,
+        "restore": _restore_view(job),
         "steps": steps,
         "directives": [
             {
@@ -255,3 +256,16 @@ def list_page(
         page.append(item)
         last_seq = seq
     return page, None
+
+
+def _restore_view(job: Job) -> dict[str, Any] | None:
+    """The restore a successful job directed (JOBS.md §7): its directive and its targets, from the plan."""
+    for directive in job["directives"].values():
+        if directive["kind"] == "restore":
+            return {
+                "directiveId": directive["id"],
+                "status": directive["status"],
+                "requestedAt": directive["createdAt"],
+                "targets": revert_targets(job["plan"]),
+            }
+    return None
