@@ -356,7 +356,8 @@ def test_concurrent_clients_share_a_pool_safely(journal: JournalServer) -> None:
 @pytest.mark.skipif(
     shutil.which("openssl") is None, reason="the openssl command is needed to make a test certificate"
 )
-def test_tls_round_trip_with_authentication(tmp_path: Path, servers: list[JournalServer]) -> None:
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for 127.0.0.1."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -368,6 +369,29 @@ def test_tls_round_trip_with_authentication(tmp_path: Path, servers: list[Journa
         capture_output=True,
         timeout=60,
     )
+    return cert, key
+
+
+def test_peers_that_reset_right_after_connecting_do_not_stop_a_tls_service(
+    tmp_path: Path, servers: list[JournalServer]
+) -> None:
+    """Before: wrap_socket raised ECONNRESET in the accept loop and the service exited 1 ('cannot
+    listen'); any unauthenticated peer could stop the journal."""
+    cert, key = _self_signed(tmp_path)
+    server = start(tmp_path / "j", "--tls-cert", str(cert), "--tls-key", str(key))
+    servers.append(server)
+    resets = [socket.create_connection((server.host, server.port), timeout=RAW_TIMEOUT_S) for _ in range(20)]
+    for sock in resets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST, most of them before the service has accepted them
+    with server.client(tls=ssl.create_default_context(cafile=str(cert))) as client:
+        assert client.commit(None, [{"type": "x-a"}], idempotency_key="after-resets").seq == 1
+    assert server.proc.poll() is None
+    assert server.stop() == 0
+
+
+def test_tls_round_trip_with_authentication(tmp_path: Path, servers: list[JournalServer]) -> None:
+    cert, key = _self_signed(tmp_path)
     server = start(tmp_path / "j", "--tls-cert", str(cert), "--tls-key", str(key), secret=SECRET)
     servers.append(server)
     trusted = ssl.create_default_context(cafile=str(cert))

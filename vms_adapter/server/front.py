@@ -335,7 +335,9 @@ class JournalFront:
         self.listener.close()
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Hand an accepted socket to its own thread. Whatever goes wrong here concerns this one peer
+        (one that connected and reset at once makes ``wrap_socket`` raise ECONNRESET): it must never
+        escape into the accept loop, which would stop the whole service."""
         with self._lock:
             full = len(self._connections) >= self.max_connections
             if full:
@@ -343,15 +345,28 @@ class JournalFront:
         if full:
             self._refuse(sock, peer)
             return
-        if self.tls is not None:
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            log.info("connection %s dropped before it was served: %s", peer, exc)
+            sock.close()
+            return
         connection = Connection(self, sock, peer)
         thread = threading.Thread(target=connection.serve, name=f"conn-{peer}", daemon=True)
         with self._lock:
             self.accepted += 1
             self._connections.add(connection)
             self._threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": refuse this one, keep serving the others
+            log.warning("connection %s dropped: %s", peer, exc)
+            with self._lock:
+                self._connections.discard(connection)
+                self._threads.discard(thread)
+            sock.close()
 
     def _refuse(self, sock: socket.socket, peer: str) -> None:
         log.warning("refusing %s: %d connections already", peer, self.max_connections)
