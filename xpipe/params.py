@@ -22,6 +22,7 @@ __all__ = [
     "MissingParam",
     "ParamError",
     "format_value",
+    "leading_placeholder",
     "placeholders",
     "render",
     "render_argv",
@@ -70,6 +71,16 @@ def placeholders(text: str) -> set[str]:
     """The parameter names `text` refers to; raises MalformedPlaceholder for a broken placeholder."""
     _check_syntax(text)
     return {match.group(1) for match in _PLACEHOLDER.finditer(text)}
+
+
+def leading_placeholder(text: str) -> str | None:
+    """The param whose placeholder opens `text` (its value becomes the first characters), or None.
+
+    In an argv element that param decides whether the command sees an option (`--kubeconfig=...`).
+    """
+    _check_syntax(text)
+    match = _PLACEHOLDER.match(text)
+    return None if match is None else match.group(1)
 
 
 def format_value(value: ParamScalar) -> str:

@@ -39,7 +39,7 @@ from pydantic.alias_generators import to_camel
 from xpipe.backends.base import DEFAULT_HEARTBEAT_SECONDS, StepServiceSpec, step_service_name
 from xpipe.config import BUILTIN_TEMPLATES_DIR
 from xpipe.errors import CatalogError, InvalidParams, UnknownTemplate
-from xpipe.params import format_value, placeholders
+from xpipe.params import format_value, leading_placeholder, placeholders
 
 # libyaml's safe loader when PyYAML was built with it (several times faster), else the pure-Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -194,6 +194,15 @@ class Template(TemplateModel):
     )
 
     @cached_property
+    def option_prone_params(self) -> frozenset[str]:
+        """Params whose placeholder opens an argv element: a value there starting with ``-`` is an option."""
+        argvs = [step.argv for step in self.steps]
+        argvs += [step.compensate.argv for step in self.steps if step.compensate is not None]
+        return frozenset(
+            name for argv in argvs for element in argv if (name := leading_placeholder(element)) is not None
+        )
+
+    @cached_property
     def digest(self) -> str:
         """A stable digest of the parsed template: identifies the template version a job ran."""
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
@@ -253,10 +262,26 @@ def _type_problem(spec: ParamSpec, value: object) -> str | None:
     return None if isinstance(value, int | float) else f"must be a number, got {type(value).__name__}"
 
 
+def _would_be_an_option(template: Template, name: str, spec: ParamSpec, value: object) -> bool:
+    """Whether ``value`` of param ``name`` would turn into an option of a step's command.
+
+    It would when it is a string starting with ``-`` and the param opens an argv element, unless the
+    param has a ``pattern``: then the template author decided what is allowed. Numbers are exempt: a
+    negative number cannot name an option such as ``--kubeconfig=...``.
+    """
+    return (
+        isinstance(value, str)
+        and value.startswith("-")
+        and spec.pattern is None
+        and name in template.option_prone_params
+    )
+
+
 def validate_params(template: Template, params: Mapping[str, object]) -> dict[str, str]:
     """Check a submit's params against the template; return every declared param as a string.
 
-    Raises ``InvalidParams`` naming the first offending param: unknown, missing or mistyped.
+    Raises ``InvalidParams`` naming the first offending param: unknown, missing, mistyped, or a string
+    starting with ``-`` where it would open an argv element (an option such as ``--kubeconfig=...``).
     """
     for name in params:
         if name not in template.params:
@@ -272,6 +297,12 @@ def validate_params(template: Template, params: Mapping[str, object]) -> dict[st
         problem = _type_problem(spec, value)
         if problem:
             raise InvalidParams(name, problem)
+        if _would_be_an_option(template, name, spec, value):
+            raise InvalidParams(
+                name,
+                "starts with '-', which the step's command would read as an option "
+                "(the template may allow it by giving the param a pattern)",
+            )
         assert isinstance(value, str | int | float | bool)
         resolved[name] = format_value(value)
     return resolved

@@ -212,6 +212,16 @@ def test_bad_params_are_named_in_the_422(submit: FunctionServer) -> None:
     assert "'message'" in response.json()["message"]
 
 
+def test_a_param_that_would_become_an_option_is_a_422_naming_it(
+    submit: FunctionServer, client: JournalClient
+) -> None:
+    before = journal_counts(client)
+    response = submit.post(submit_event(params={"message": "--kubeconfig=/tmp/x"}), token=SUBMIT_TOKEN)
+    assert response.status_code == 422, response.text
+    assert "'message'" in response.json()["message"]
+    assert journal_counts(client) == before
+
+
 REFUSAL_DEADLINE = 5.0  # seconds a refusal may take; a server waiting for the whole body never answers
 
 

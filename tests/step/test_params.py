@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpipe.params import MalformedPlaceholder, MissingParam, placeholders, render, render_argv, render_env
+from xpipe.params import (
+    MalformedPlaceholder,
+    MissingParam,
+    leading_placeholder,
+    placeholders,
+    render,
+    render_argv,
+    render_env,
+)
 
 
 def test_placeholders_lists_each_name_once() -> None:
@@ -17,6 +25,15 @@ def test_text_without_placeholders_is_unchanged_including_other_braces() -> None
     text = "-o=go-template={{ .metadata.name }}"
     assert placeholders(text) == set()
     assert render(text, {}) == text
+
+
+def test_leading_placeholder_names_the_param_that_opens_the_text() -> None:
+    assert leading_placeholder("{{ params.path }}") == "path"
+    assert leading_placeholder("{{params.a}}{{ params.b }}.yaml") == "a"
+    assert leading_placeholder("--file={{ params.path }}") is None
+    assert leading_placeholder(" {{ params.path }}") is None  # a leading space is never an option
+    with pytest.raises(MalformedPlaceholder):
+        leading_placeholder("{{ params.bad-name }}")
 
 
 def test_missing_param_is_a_typed_error_naming_it() -> None:

@@ -152,6 +152,44 @@ def test_bad_params_are_refused_naming_the_param(
     assert repr(param) in str(caught.value)
 
 
+OPTION_PRONE = """
+name: opts
+params:
+  path: {type: string}
+  suffix: {type: string}
+  inline: {type: string}
+  branch: {type: string, pattern: "-?[a-z]+"}
+  undo: {type: string}
+  depth: {type: integer, default: 1}
+steps:
+  - name: one
+    argv: ["kubectl", "apply", "-f", "{{ params.path }}", "{{params.suffix}}.yaml",
+           "--note={{ params.inline }}", "--", "{{ params.branch }}", "{{ params.depth }}"]
+    env: {NOTE: "{{ params.inline }}"}
+    compensate:
+      argv: ["git", "revert", "{{ params.undo }}"]
+"""
+
+
+@pytest.mark.parametrize("param", ["path", "suffix", "undo"])
+def test_a_param_that_starts_an_argv_element_may_not_start_with_a_dash(tmp_path: Path, param: str) -> None:
+    """``--kubeconfig=...`` as a whole argument would become an option of the command."""
+    template = load_one(tmp_path, OPTION_PRONE).get("opts")
+    with pytest.raises(InvalidParams) as caught:
+        validate_params(template, {param: "--kubeconfig=/tmp/evil"})
+    assert caught.value.param == param
+    assert "starts with '-'" in caught.value.reason
+
+
+def test_a_dash_is_fine_inside_an_element_under_a_pattern_or_in_a_number(tmp_path: Path) -> None:
+    template = load_one(tmp_path, OPTION_PRONE).get("opts")
+    values = {"path": "a-b", "inline": "-x", "branch": "-main", "depth": -3}
+    resolved = validate_params(template, values)
+    assert (resolved["path"], resolved["inline"], resolved["branch"], resolved["depth"]) == (
+        "a-b", "-x", "-main", "-3",
+    )  # fmt: skip
+
+
 def test_unknown_template_is_refused_by_name() -> None:
     with pytest.raises(UnknownTemplate, match="'nope'"):
         builtin().get("nope")
