@@ -7,6 +7,7 @@ import json
 import pytest
 
 from vms_adapter.protocol import MAX_BODY_BYTES
+from vms_adapter.server.jobs.records import DISPATCH_ALLOWANCE_S
 from vms_adapter.server.model import ModelRejection
 
 from .driver import T0, Driver, plan, step
@@ -76,7 +77,9 @@ def test_ack_groups_ids_by_job() -> None:
 def test_the_dispatch_of_an_attempt_that_ended_is_withdrawn_not_redelivered() -> None:
     d = Driver()
     job, directives = d.register(plan(step("build", retries=1, backoff=0)))
-    _, due = d.sweep(T0 + 31)  # lease expired: attempt 2 dispatched, attempt 1's dispatch withdrawn
+    _, due = d.sweep(
+        T0 + DISPATCH_ALLOWANCE_S + 1
+    )  # lease expired: attempt 2 dispatched, attempt 1's dispatch withdrawn
     assert [(x["kind"], x["event"]["data"]["attempt"]) for x in due] == [("dispatch", 2)]
     statuses = {x["id"]: x["status"] for x in d.view(job)["directives"]}
     assert statuses[directives[0]["id"]] == "withdrawn"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vms_adapter.server.jobs.records import ACTION_TIMEOUT_S
+from vms_adapter.server.jobs.records import ACTION_TIMEOUT_S, DISPATCH_ALLOWANCE_S
 
 from .driver import T0, Driver, plan, step
 
@@ -32,22 +32,45 @@ def test_first_lease_runs_from_the_dispatch_and_expiry_retries_after_backoff() -
     d = Driver()
     job, directives = d.register(plan(step("build", retries=2, heartbeat=30, backoff=5, factor=3)))
     assert directives[0]["event"]["data"]["attempt"] == 1
-    assert d.sweep(T0 + 30)[0] == []  # exactly at the lease end: still held
-    records, _ = d.sweep(T0 + 31)
+    first = DISPATCH_ALLOWANCE_S  # the first lease allows for queueing: max(heart-beat timeout, allowance)
+    assert first > 30
+    assert d.sweep(T0 + first)[0] == []  # exactly at the lease end: still held
+    records, _ = d.sweep(T0 + first + 1)
     assert [r.type for r in records] == ["ATTEMPT_FAILED", "STEP_DISPATCHED"]
     assert records[0].data["reason"] == "lease-expired"
-    assert records[1].data["dueAt"] == T0 + 31 + 5  # retry 1 waits backoffSeconds
+    retry_due = T0 + first + 1 + 5
+    assert records[1].data["dueAt"] == retry_due  # retry 1 waits backoffSeconds
     # Not due yet: the retry is not handed out; once due, a sweep returns it.
-    assert [x["id"] for x in d.model.due_directives(T0 + 35, 60)] == []
-    due = d.model.due_directives(T0 + 36, 60)
+    assert [x["id"] for x in d.model.due_directives(retry_due - 1, 60)] == []
+    due = d.model.due_directives(retry_due, 60)
     assert [(x["kind"], x["event"]["data"]["attempt"]) for x in due] == [("dispatch", 2)]
     # Attempt 2's lease starts at its due time; attempt 3 waits backoffSeconds * factor.
-    records, _ = d.sweep(T0 + 36 + 31)
+    records, _ = d.sweep(retry_due + first + 1)
     assert records[1].data["attempt"] == 3
-    assert records[1].data["dueAt"] == T0 + 36 + 31 + 15
-    records, _ = d.sweep(T0 + 36 + 31 + 15 + 31)
+    assert records[1].data["dueAt"] == retry_due + first + 1 + 15
+    records, _ = d.sweep(retry_due + first + 1 + 15 + first + 1)
     assert [r.type for r in records] == ["ATTEMPT_FAILED", "JOB_FAILED", "JOB_FINISHED"]
     assert d.state(job) == "FAILED"
+
+
+def test_a_heartbeat_timeout_longer_than_the_allowance_is_the_first_lease() -> None:
+    d = Driver()
+    d.register(plan(step("build", heartbeat=DISPATCH_ALLOWANCE_S + 30)))
+    assert d.sweep(T0 + DISPATCH_ALLOWANCE_S + 30)[0] == []
+    assert [r.type for r in d.sweep(T0 + DISPATCH_ALLOWANCE_S + 31)[0]][:1] == ["ATTEMPT_FAILED"]
+
+
+def test_after_the_first_heartbeat_the_lease_is_the_heartbeat_timeout_alone() -> None:
+    """A step that started, sent heart-beats and then stalled is not given the dispatch allowance."""
+    d = Driver()
+    job, _ = d.register(plan(step("build", heartbeat=10)))
+    d.fact(job, "STEP_STARTED", T0 + 2, step="build", attempt=1, pod="p")
+    d.fact(job, "HEARTBEAT", T0 + 5, step="build", attempt=1, pod="p")
+    assert attempts(d, job)[0]["leaseUntil"] == T0 + 15
+    assert d.sweep(T0 + 15)[0] == []
+    records, _ = d.sweep(T0 + 16)
+    assert records[0].data["reason"] == "lease-expired"
+    assert d.replayed().dump_state() == d.model.dump_state()
 
 
 def test_heartbeats_renew_the_lease() -> None:
@@ -177,12 +200,13 @@ def test_compensation_attempts_have_leases_and_retries_too() -> None:
     assert [(x["event"]["data"]["step"], x["event"]["extensions"]["xpipestep"]) for x in directives] == [
         ("build:compensate", "svc-build-undo")
     ]
-    records, _ = d.sweep(T0 + 3 + 31)
+    first = DISPATCH_ALLOWANCE_S + 1  # just past the first lease (the allowance: longer than 30 s)
+    records, _ = d.sweep(T0 + 3 + first)
     assert [(r.type, r.data.get("attempt")) for r in records] == [
         ("ATTEMPT_FAILED", 1),
         ("STEP_DISPATCHED", 2),
     ]
-    records, _ = d.sweep(T0 + 3 + 31 + 31)
+    records, _ = d.sweep(T0 + 3 + first + first)
     assert [r.type for r in records] == ["ATTEMPT_FAILED", "ROLLBACK_COMPLETED", "JOB_FINISHED"]
     assert d.state(job) == "ROLLBACK_FAILED"
 

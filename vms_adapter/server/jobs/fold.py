@@ -222,7 +222,10 @@ def fold(job: Job, record_type: str, data: dict[str, Any], t: float) -> None:
         run = runnable(job, data["step"])
         assert run is not None
         _claim(found, data.get("pod"), t)
-        found["leaseUntil"] = max(found["leaseUntil"], t + float(run.step["heartbeatTimeoutSeconds"]))
+        renewed = t + float(run.step["heartbeatTimeoutSeconds"])
+        first = found["startedAt"] is None and found["heartbeats"] == 0
+        # The first sign of life ends the dispatch allowance: from then on the heart-beat timeout alone.
+        found["leaseUntil"] = renewed if first else max(found["leaseUntil"], renewed)
         if record_type == rt.STEP_STARTED:
             found["startedAt"] = found["startedAt"] or t
         else:

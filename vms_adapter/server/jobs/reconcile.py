@@ -72,7 +72,8 @@ def _dispatch(job: Job, label: str, number: int, due_at: float) -> Next:
     run = runnable(job, label)
     assert run is not None
     deadline = due_at + run.timeout_s
-    lease_until = due_at + float(run.step["heartbeatTimeoutSeconds"])
+    # The first lease allows for the time the run spends queued before it can send a heart-beat.
+    lease_until = due_at + max(float(run.step["heartbeatTimeoutSeconds"]), rt.DISPATCH_ALLOWANCE_S)
     directive = dv.dispatch(job, label, run.service, number, due_at=due_at, deadline=deadline)
     data = {
         "step": label,

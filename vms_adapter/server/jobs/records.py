@@ -70,6 +70,10 @@ ANNOTATION_PREFIX = "x-"
 # HEALTH is committed per pod, under this reserved job id prefix ("pod/<podName>").
 POD_JOB_PREFIX = "pod/"
 
+# Until an attempt's first STEP_STARTED or HEARTBEAT its lease is at least this long from the dispatch's
+# due time: a step run may wait in queues first (a cold start, the broker's retries when every instance
+# is busy, Knative's activator, the local step host's 429s), and that wait is not a stalled step.
+DISPATCH_ALLOWANCE_S = 60.0
 # A function asked to act (start a rollback, revert, diagnose) must report back within this time.
 ACTION_TIMEOUT_S = 600.0
 # A runaway chain of decisions in one transaction is a bug, not a workload: stop it loudly.
