@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -113,8 +114,13 @@ class RuntimeProcess:
         return self.process.returncode
 
 
-def start_runtime(sink_url: str, *options: str, argv: list[str] | None = None) -> RuntimeProcess:
-    """Start `python -m xpipe.step` on a socket we bound (port 0), ready when this returns."""
+def start_runtime(
+    sink_url: str, *options: str, argv: list[str] | None = None, log_file: Path | None = None
+) -> RuntimeProcess:
+    """Start `python -m xpipe.step` on a socket we bound (port 0), ready when this returns.
+
+    With `log_file`, the runtime's own log (JSON lines on stderr) goes there, for tests that wait on it.
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -131,7 +137,11 @@ def start_runtime(sink_url: str, *options: str, argv: list[str] | None = None) -
         "--service", "demo-build", "--heartbeat-seconds", "0.2", "--stop-grace-seconds", "0.5",
         *options, "--", *(argv or PROGRAM_ARGV),
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, pass_fds=[listener.fileno()])
+    if log_file is None:
+        process = subprocess.Popen(command, env=env, pass_fds=[listener.fileno()])
+    else:
+        with log_file.open("ab") as stderr:
+            process = subprocess.Popen(command, env=env, pass_fds=[listener.fileno()], stderr=stderr)
     listener.close()
     runtime = RuntimeProcess(process, f"http://127.0.0.1:{port}/")
     deadline = time.monotonic() + 15
@@ -152,3 +162,19 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         time.sleep(0.02)
+
+
+def release_fifo(fifo: Path, timeout: float = 10.0) -> None:
+    """Let a command blocked reading `fifo` (step_program's `block`) go on: open it for writing and close."""
+
+    def opened() -> bool:
+        try:
+            descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno == errno.ENXIO:  # no reader yet
+                return False
+            raise
+        os.close(descriptor)
+        return True
+
+    wait_until(opened, timeout=timeout, what=f"a reader of {fifo}")

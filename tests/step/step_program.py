@@ -3,7 +3,8 @@
 Actions: `argv` writes its argv and XPIPE_* env as JSON to OUT; `exit` exits with code ARG; `sleep`
 appends a line to OUT, then sleeps ARG seconds; `hang` ignores SIGTERM and sleeps forever; `escape`
 leaves a child holding the output pipe (in a new session when ARG is `setsid`, else in the command's
-process group), writes its pid to OUT and exits.
+process group), writes its pid to OUT and exits; `block` appends a line to OUT, then waits until the
+FIFO at ARG is opened for writing and closed (the test's go-ahead).
 """
 
 import json
@@ -40,3 +41,8 @@ elif action == "escape":
         os._exit(0)
     with open(out, "w") as handle:
         handle.write(f"{child}\n")
+elif action == "block":
+    with open(out, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    with open(arg) as go_ahead:  # blocks until a writer opens the FIFO, then reads to its close
+        go_ahead.read()

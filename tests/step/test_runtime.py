@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cloudevents.http import from_http
-from step_harness import EventSink, RuntimeProcess, heartbeats_of, start_runtime, wait_until
+from step_harness import EventSink, RuntimeProcess, heartbeats_of, release_fifo, start_runtime, wait_until
 
 STEP_RUN_HEADERS = {
     "ce-specversion": "1.0", "ce-type": "com.xpipe.step.run", "ce-source": "/test", "ce-id": "escape",
@@ -136,28 +136,50 @@ def test_a_deadline_closer_than_the_stop_margin_runs_nothing(runtime: RuntimePro
 
 
 def test_duplicate_step_run_runs_the_command_once_and_gets_the_same_reply(
-    runtime: RuntimeProcess, sink: EventSink, tmp_path: Path
+    sink: EventSink, tmp_path: Path
 ) -> None:
-    out = tmp_path / "runs"
-    params = {"action": "sleep", "arg": "0.6", "out": str(out)}
-    replies: list[httpx.Response] = []
-    first = threading.Thread(target=lambda: replies.append(runtime.post_run("job-dup", params)))
-    first.start()
-    sink.wait_for(heartbeats_of("job-dup"))  # the command is running now
-    busy = runtime.post_run("job-other", params)  # a different attempt meanwhile: one run per instance
-    assert busy.status_code == 429
-    assert busy.headers["retry-after"] == "1"
-    during = runtime.post_run("job-dup", params)
-    first.join(30)
-    after = runtime.post_run("job-dup", params)
-    ids = {reply.headers["ce-id"] for reply in [*replies, during, after]}
-    assert len(ids) == 1
-    assert {reply.content for reply in [*replies, during, after]} == {during.content}
-    assert len(out.read_text().splitlines()) == 1
-    # A new attempt of the same step is a different run.
-    _, data = finished_of(runtime.post_run("job-dup", params, attempt=2))
-    assert data["attempt"] == 2
-    assert len(out.read_text().splitlines()) == 2
+    # The command blocks until the test releases it, so the duplicate surely arrives while it runs.
+    log_file = tmp_path / "runtime.log"
+    runtime = start_runtime(sink.url, log_file=log_file)
+    try:
+        out, fifo = tmp_path / "runs", tmp_path / "go"
+        os.mkfifo(fifo)
+        params = {"action": "block", "arg": str(fifo), "out": str(out)}
+        replies: list[httpx.Response] = []
+
+        def post_in_background() -> threading.Thread:
+            thread = threading.Thread(target=lambda: replies.append(runtime.post_run("job-dup", params)))
+            thread.start()
+            return thread
+
+        first = post_in_background()
+        wait_until(lambda: out.exists() and out.read_text().endswith("\n"), what="the command to start")
+        busy = runtime.post_run("job-other", params)  # a different attempt meanwhile: one run per instance
+        assert busy.status_code == 429
+        assert busy.headers["retry-after"] == "1"
+        during = post_in_background()
+        wait_until(
+            lambda: "duplicate step.run joins the existing attempt" in log_file.read_text(),
+            what="the duplicate to join the running attempt",
+        )
+        release_fifo(fifo)
+        first.join(30)
+        during.join(30)
+        assert len(replies) == 2
+        after = runtime.post_run("job-dup", params)  # after the run: the remembered reply
+        ids = {reply.headers["ce-id"] for reply in [*replies, after]}
+        assert len(ids) == 1
+        assert {reply.content for reply in [*replies, after]} == {after.content}
+        assert finished_of(after)[1]["outcome"] == "succeeded"
+        assert len(out.read_text().splitlines()) == 1
+        # A new attempt of the same step is a different run.
+        _, data = finished_of(
+            runtime.post_run("job-dup", {**params, "action": "sleep", "arg": "0"}, attempt=2)
+        )
+        assert data["attempt"] == 2
+        assert len(out.read_text().splitlines()) == 2
+    finally:
+        runtime.stop()
 
 
 def test_bad_requests_get_precise_statuses_and_start_nothing(runtime: RuntimeProcess, tmp_path: Path) -> None:
