@@ -166,9 +166,6 @@ def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:
     backend = env.get("XPIPE_BACKEND", "local").strip() or "local"
     if backend not in ("local", "knative"):
         raise ConfigurationError(f"XPIPE_BACKEND={backend!r} must be 'local' or 'knative'")
-    tls = env.get("XPIPE_JOURNAL_TLS", "").strip().lower()
-    if tls not in ("", "0", "1", "false", "true"):
-        raise ConfigurationError(f"XPIPE_JOURNAL_TLS={tls!r} must be true or false")
     log_level = env.get("XPIPE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigurationError(f"XPIPE_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
@@ -177,7 +174,7 @@ def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:
         journal_host=host,
         journal_port=port,
         journal_secret=_secret(secret_file) if secret_file else None,
-        journal_tls=tls in ("1", "true") or bool(ca_file),
+        journal_tls=_flag(env, "XPIPE_JOURNAL_TLS") or bool(ca_file),
         journal_ca_file=Path(ca_file) if ca_file else None,
         journal_timeout_seconds=_number(
             env, "XPIPE_JOURNAL_TIMEOUT_SECONDS", DEFAULT_JOURNAL_TIMEOUT_SECONDS, minimum=0.05

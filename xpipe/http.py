@@ -93,11 +93,14 @@ def error_code_for(error: BaseException) -> str:
 
 
 def error_response(error: BaseException) -> Response:
-    """A JSON error body ``{"error", "message"}`` with the mapped status (never a CloudEvent)."""
+    """A JSON error body ``{"error", "message"}`` with the mapped status (never a CloudEvent).
+
+    The message is the error's own for request errors and for the journal's and the backends' (they are
+    written for the caller and carry no secrets); anything else is a bug, whose text stays in the log.
+    """
     status = status_for(error)
-    message = str(error) if status < 500 or isinstance(error, journal.JournalError) else "internal error"
-    if isinstance(error, backend.BackendError) and status >= 500:
-        message = str(error)
+    explained = status < 500 or isinstance(error, journal.JournalError | backend.BackendError)
+    message = str(error) if explained else "internal error"
     body = json.dumps({"error": error_code_for(error), "message": message})
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
     return unbuffered(body, status, "application/json", headers)

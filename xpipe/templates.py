@@ -56,10 +56,6 @@ __all__ = [
     "validate_params",
 ]
 
-# Knative Service names end up in revision and deployment names ("<svc>-00001-deployment-<hash>"),
-# which must stay within 63 characters; 49 leaves room for those suffixes.
-SERVICE_NAME_MAX = 49
-SERVICE_HASH_CHARS = 6
 TEMPLATE_FILE_MAX_BYTES = 256 * 1024
 PARAM_VALUE_MAX_CHARS = 1024
 # Tells a step's own service from its compensation's (both share template and step labels).

@@ -32,6 +32,16 @@ def test_defaults_are_documented_values() -> None:
     assert config.trust_cluster_deliveries is False
 
 
+@pytest.mark.parametrize(
+    ("change", "tls"),
+    [({"XPIPE_JOURNAL_TLS": " TRUE "}, True), ({"XPIPE_JOURNAL_TLS": "0"}, False),
+     ({"XPIPE_JOURNAL_CA_FILE": "/etc/xpipe/ca.pem"}, True)],
+    ids=["true", "false", "ca-file-implies-tls"],
+)  # fmt: skip
+def test_journal_tls_is_a_flag_and_a_ca_file_turns_it_on(change: dict[str, str], tls: bool) -> None:
+    assert load({**BASE, **change}).journal_tls is tls
+
+
 def test_ipv6_journal_address_and_overrides_are_parsed() -> None:
     config = load(
         {**BASE, "XPIPE_JOURNAL": "[::1]:7000", "K_CE_OVERRIDES": '{"extensions": {"cluster": "a"}}'}
