@@ -239,6 +239,23 @@ def test_a_last_transaction_whose_final_sectors_are_zeros_is_a_torn_tail(tmp_pat
         reopened.close()
 
 
+def test_a_new_last_segment_that_is_all_zeros_is_removed_as_torn(tmp_path: Path) -> None:
+    """A segment is fsynced (file and directory) before anything is written to it, so one that holds
+    only zeros never held an acknowledged commit. Before: 'bad segment magic', refusing to start."""
+    first = Running(tmp_path / "j")
+    first.commit("k1")
+    first.close()
+    empty = tmp_path / "j" / fmt.segment_name(2)
+    empty.write_bytes(bytes(fmt.SEGMENT_HEADER_BYTES))
+    reopened = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
+    try:
+        assert reopened.state.last_seq == 1
+        assert not empty.exists()
+        assert any("removed" in action for action in reopened.recovery)
+    finally:
+        reopened.close()
+
+
 def test_every_single_bit_flip_is_detected_as_corruption(running: Running) -> None:
     running.commit("k1", None, "x-a", "x-b")
     running.commit("k2", None, "x-a")

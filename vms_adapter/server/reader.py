@@ -143,7 +143,10 @@ def scan_segment(
         return scan
     magic, first_seq = fmt.SEGMENT_HEADER.unpack_from(data, 0)
     if magic != fmt.SEGMENT_MAGIC:
-        scan.damage = Damage(0, f"bad segment magic {magic!r}", torn=False)
+        if data.count(0) == len(data):  # created, then lost to a crash before its header reached the disk
+            scan.damage = Damage(0, f"segment is {len(data)} zero bytes", torn=True)
+        else:
+            scan.damage = Damage(0, f"bad segment magic {magic!r}", torn=False)
         return scan
     if match is None or first_seq != scan.first_seq:
         scan.damage = Damage(0, f"segment header says first seq {first_seq}, the name disagrees", torn=False)
