@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from xpipe.backends.base import Conflict, NotFound, PermissionDenied, StepServiceSpec
-from xpipe.backends.knative import POD_STOP_GRACE_SECONDS, KnativeBackend
+from xpipe.backends.knative import APPLIED_CACHE_SECONDS, POD_STOP_GRACE_SECONDS, KnativeBackend
 
 SCHEMAS = Path("/work/shared/schemas/knative")
 NAMESPACE = "xpipe-steps"
@@ -168,6 +168,30 @@ async def test_applying_the_same_template_version_again_sends_nothing(
     assert service["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["deploy", "v2"]
     for body in sent_objects(kmock):
         assert_schema_valid(body)
+
+
+async def test_a_step_service_deleted_in_the_cluster_is_recreated_once_the_cache_expires(
+    kmock: kmock.KubernetesEmulator, kubeconfig: str
+) -> None:
+    now = [1000.0]
+    backend = KnativeBackend(NAMESPACE, kubeconfig=kubeconfig, backoff_seconds=0.01, clock=lambda: now[0])
+    spec = make_spec()
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is True
+    del kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"]  # someone deleted it in the cluster
+    requests = len(list(kmock))
+    now[0] += APPLIED_CACHE_SECONDS - 1  # within the limit: trusted, nothing is asked
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is False
+    assert len(list(kmock)) == requests
+    now[0] += 2  # past the limit: the digest is read back, the missing Service is applied again
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is True
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    assert service["metadata"]["annotations"]["xpipe.io/template-digest"] == spec.template_digest
+    # Confirmed again: the next ensure within the limit sends nothing; after it, only reads.
+    writes = len(sent_objects(kmock))
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is False
+    now[0] += APPLIED_CACHE_SECONDS + 1
+    assert await asyncio.to_thread(backend.ensure_step_service, spec) is False
+    assert len(sent_objects(kmock)) == writes
 
 
 def revision(

@@ -49,6 +49,10 @@ DEFAULT_DEAD_LETTER = ("xpipe", "health-relay")
 # A deleted step pod's grace period: the runtime's own stop grace (SIGTERM to SIGKILL of the command),
 # then time to write the `cancelled` reply through queue-proxy; the kubelet kills what is left after it.
 POD_STOP_GRACE_SECONDS = objects.STOP_GRACE_SECONDS + 12
+# How long an applied digest is trusted without asking the cluster: after this, ensure reads the digest
+# annotations back (two GETs), so a step Service or Trigger deleted in the cluster is re-created. Submit
+# caches its own ensure for as long, relying on the backend to re-check.
+APPLIED_CACHE_SECONDS = 60.0
 
 
 class KnativeBackend(ExecutionBackend):
@@ -72,6 +76,8 @@ class KnativeBackend(ExecutionBackend):
         backoff_seconds: float = 0.2,
         max_backoff_seconds: float = 5.0,
         request_timeout_seconds: float = 10.0,
+        applied_cache_seconds: float = APPLIED_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._namespace = namespace
         self._broker = broker
@@ -85,7 +91,10 @@ class KnativeBackend(ExecutionBackend):
         self._timeout = request_timeout_seconds
         self._lock = threading.Lock()
         self._client: Any = None
-        self._applied: dict[str, str] = {}  # service name -> template digest applied by this process
+        self._cache_seconds = applied_cache_seconds
+        self._clock = clock
+        # service name -> (template digest applied or seen, clock time it was last confirmed)
+        self._applied: dict[str, tuple[str, float]] = {}
 
     @property
     def namespace(self) -> str:
@@ -256,13 +265,22 @@ class KnativeBackend(ExecutionBackend):
 
     # --- the interface -----------------------------------------------------------------------------
 
-    def ensure_step_service(self, spec: StepServiceSpec) -> bool:
+    def _cached(self, spec: StepServiceSpec) -> bool:
         with self._lock:
-            if self._applied.get(spec.name) == spec.template_digest:
-                return False
+            found = self._applied.get(spec.name)
+        if found is None or found[0] != spec.template_digest:
+            return False
+        return self._clock() - found[1] < self._cache_seconds
+
+    def _remember(self, spec: StepServiceSpec) -> None:
+        with self._lock:
+            self._applied[spec.name] = (spec.template_digest, self._clock())
+
+    def ensure_step_service(self, spec: StepServiceSpec) -> bool:
+        if self._cached(spec):
+            return False
         if self._already_applied(spec):
-            with self._lock:
-                self._applied[spec.name] = spec.template_digest
+            self._remember(spec)
             return False
         service = objects.knative_service(spec, self._namespace, self._runtime_command)
         self._apply(objects.SERVING_GROUP, "services", service)
@@ -271,8 +289,7 @@ class KnativeBackend(ExecutionBackend):
             "triggers",
             objects.trigger(spec, self._namespace, self._broker, self._dead_letter),
         )
-        with self._lock:
-            self._applied[spec.name] = spec.template_digest
+        self._remember(spec)
         log.info("step service applied", extra={"service": spec.name, "templateDigest": spec.template_digest})
         return True
 
