@@ -27,7 +27,16 @@ from xpipe import logs
 from xpipe.auth import HEADER, Caller, Scope, TokenRegistry
 from xpipe.backends.base import ExecutionBackend
 from xpipe.errors import ConfigurationError, Overloaded, PayloadTooLarge
-from xpipe.http import accepted, error_response, parse_event, read_body, reply, status_for, unbuffered
+from xpipe.http import (
+    accepted,
+    error_response,
+    parse_event,
+    read_body,
+    reply,
+    require_cloudevent,
+    status_for,
+    unbuffered,
+)
 from xpipe.journal import JobJournal
 from xpipe.outbox import Outbox
 
@@ -173,6 +182,7 @@ class Endpoint:
             caller = self.tokens.authorize(
                 request.headers.get(HEADER), self.scope, trust_missing=self.config.trust_cluster_deliveries
             )
+            require_cloudevent(request)  # a 415 is decided on headers: before reading the body
             event = parse_event(request, read_body(request, self.config.max_body_bytes))
             logs.bind_event(event["id"])  # structured mode: the id was not in a header
             answer = handler(event, caller)

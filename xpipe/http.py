@@ -153,12 +153,8 @@ def _is_cloudevent(request: Request) -> bool:
     return "ce-specversion" in request.headers or mimetype in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE)
 
 
-def parse_event(request: Request, body: bytes) -> CloudEvent:
-    """The CloudEvent of a request in binary or structured mode; 415 if it is none, 400 if malformed.
-
-    The data is not checked here (a dead letter may carry anything); ``event_data`` requires the JSON
-    object every xpipe payload is.
-    """
+def require_cloudevent(request: Request) -> None:
+    """415 unless the headers announce one CloudEvent; decided on headers alone, before the body is read."""
     if not _is_cloudevent(request):
         raise NotACloudEvent(
             "not a CloudEvent: send binary mode (ce-* headers) or structured mode "
@@ -166,6 +162,15 @@ def parse_event(request: Request, body: bytes) -> CloudEvent:
         )
     if (request.mimetype or "").lower() == BATCH_CONTENT_TYPE:
         raise NotACloudEvent("batched CloudEvents are not accepted: send one event per request")
+
+
+def parse_event(request: Request, body: bytes) -> CloudEvent:
+    """The CloudEvent of a request in binary or structured mode; 415 if it is none, 400 if malformed.
+
+    The data is not checked here (a dead letter may carry anything); ``event_data`` requires the JSON
+    object every xpipe payload is.
+    """
+    require_cloudevent(request)
     try:
         event = from_http(dict(request.headers), body)
     except GenericException as exc:

@@ -245,14 +245,25 @@ def status_line(connection: socket.socket) -> bytes:
     return received.split(b"\r\n", 1)[0]
 
 
-def test_an_announced_body_over_the_limit_is_refused_before_it_is_sent(
-    submit: FunctionServer, client: JournalClient
+EARLY_REFUSALS = [
+    ("413-too-large", {**ce_headers(), "Content-Length": "50000000"}, 413),
+    ("401-no-token", {**ce_headers(token=None), "Content-Length": "500000"}, 401),
+    ("403-wrong-scope", {**ce_headers(token=RELAY_TOKEN), "Content-Length": "500000"}, 403),
+    ("415-not-a-cloudevent",
+     {"content-type": "application/json", "X-Token-XPipe": SUBMIT_TOKEN, "Content-Length": "500000"}, 415),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"), [r[1:] for r in EARLY_REFUSALS], ids=[r[0] for r in EARLY_REFUSALS]
+)
+def test_a_refusal_is_answered_before_the_announced_body_is_sent(
+    submit: FunctionServer, client: JournalClient, headers: dict[str, str], status: int
 ) -> None:
     before = journal_counts(client)
-    headers = {**ce_headers(), "Content-Length": "50000000"}
     with socket.create_connection(("127.0.0.1", submit.port), timeout=REFUSAL_DEADLINE) as connection:
         connection.sendall(raw_request_head(submit, headers) + b'{"template": ')  # and nothing more
-        assert status_line(connection).startswith(b"HTTP/1.1 413")
+        assert status_line(connection).startswith(b"HTTP/1.1 %d" % status)
     assert journal_counts(client) == before
 
 
