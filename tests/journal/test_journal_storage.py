@@ -479,6 +479,29 @@ def test_a_second_salvage_at_the_same_place_keeps_what_the_first_moved_aside(tmp
     assert sorted(p.read_bytes() for p in aside) == sorted(moved)
 
 
+def test_salvage_makes_the_moved_aside_copy_durable_before_cutting_the_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the segment was truncated (and fsynced) while the new .bad file's directory entry was
+    not yet durable, so a crash then could lose the only copy of the moved-aside bytes."""
+    path = tmp_path / "j"
+    running = Running(path)
+    for i in range(3):
+        running.commit(f"k{i}", None, "x-a")
+    running.close()
+    name, data = segment_bytes(path)
+    damaged = bytearray(data)
+    damaged[transaction_ends(data, name)[0] + 20] ^= 0x10
+    (path / name).write_bytes(bytes(damaged))
+    synced: list[str] = []
+    monkeypatch.setattr(os, "fsync", _fsync_failing_on_directories(0, synced))
+    Journal.open(str(path), OpenModel, StorageOptions(), salvage=True).close()
+    (aside,) = (p.name for p in path.iterdir() if p.name.startswith("salvage-"))
+    first_cut = synced.index(str(path / name))
+    assert str(path / aside) in synced[:first_cut]
+    assert str(path) in synced[synced.index(str(path / aside)) : first_cut]
+
+
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:
     stopped: list[str] = []
     journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())

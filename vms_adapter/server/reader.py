@@ -295,6 +295,7 @@ def _move_aside(data_dir: str, name: str, data: bytes, offset: int) -> str:
         handle.write(data[offset:])
         handle.flush()
         os.fsync(handle.fileno())
+    fsync_directory(data_dir)  # the copy must be durable before the segment is cut
     return aside
 
 
