@@ -18,7 +18,14 @@ import kmock
 import pytest
 import yaml
 
-from xpipe.backends.base import Conflict, NotFound, PermissionDenied, StepServiceSpec
+from xpipe.backends.base import (
+    BackendUnavailable,
+    Conflict,
+    CredentialsRefused,
+    NotFound,
+    PermissionDenied,
+    StepServiceSpec,
+)
 from xpipe.backends.knative import APPLIED_CACHE_SECONDS, POD_STOP_GRACE_SECONDS, KnativeBackend
 
 SCHEMAS = Path("/work/shared/schemas/knative")
@@ -454,3 +461,49 @@ async def test_stop_attempt_without_delete_permission_names_what_is_missing(
     with pytest.raises(PermissionDenied) as caught:
         await asyncio.to_thread(backend.stop_attempt, "demo-ok-deploy", running, "job-1", "deploy", 1)
     assert (caught.value.verb, caught.value.resource, caught.value.namespace) == ("delete", "pods", NAMESPACE)
+
+
+async def test_a_create_that_finds_the_object_existing_applies_over_it_at_once(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    # Someone else created the Service between our apply (404: missing) and our create (409: exists).
+    kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"] = {
+        "metadata": {"name": "demo-ok-deploy", "namespace": NAMESPACE}
+    }
+    missing = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+               "message": "not found"}  # fmt: skip
+    exists = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
+              "code": 409, "message": "already exists"}  # fmt: skip
+    kmock["patch", kmock.resource(SERVICES)][0:1] << 404 << missing
+    kmock["post", kmock.resource(SERVICES)] << 409 << exists
+    assert await asyncio.to_thread(backend.ensure_step_service, make_spec()) is True
+    service_requests = [r for r in kmock if r.method in ("POST", "PATCH") and "/services" in str(r.url)]
+    assert [r.method for r in service_requests] == ["PATCH", "POST", "PATCH"]  # the 409 is not retried
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    assert service["metadata"]["annotations"]["xpipe.io/template-digest"] == "sha256:aaa"
+
+
+async def test_an_ensure_gives_up_at_its_deadline(kmock: kmock.KubernetesEmulator, kubeconfig: str) -> None:
+    backend = KnativeBackend(NAMESPACE, kubeconfig=kubeconfig, max_attempts=1000, backoff_seconds=0.05,
+                             max_backoff_seconds=0.1, ensure_deadline_seconds=0.5)  # fmt: skip
+    unavailable = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "message": "down"}
+    kmock["get"] << 503 << unavailable
+    with pytest.raises(BackendUnavailable):
+        await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    # 1000 attempts would take minutes: the deadline stopped the retries long before.
+    assert 1 <= len([r for r in kmock if r.method == "GET"]) < 100
+
+
+async def test_refused_credentials_are_their_own_error(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    unauthorized = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 401,
+                    "message": "Unauthorized"}  # fmt: skip
+    kmock["get"] << 401 << unauthorized
+    with pytest.raises(CredentialsRefused) as caught:
+        await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    assert not isinstance(caught.value, PermissionDenied)
+    assert "refused the credentials" in str(caught.value)
+    assert "not-a-secret" not in str(caught.value)
+    assert not caught.value.retryable
+    assert len([r for r in kmock if r.method == "GET"]) == 1  # a 401 is not retried

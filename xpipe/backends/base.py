@@ -34,6 +34,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "Conflict",
+    "CredentialsRefused",
     "ExecutionBackend",
     "InvalidSpec",
     "NotFound",
@@ -82,6 +83,18 @@ class PermissionDenied(BackendError):
         self.verb = verb
         self.resource = resource
         self.namespace = namespace
+
+
+class CredentialsRefused(BackendError):
+    """The platform did not accept the backend's credentials (401): an expired or revoked service
+    account token, a kubeconfig for another cluster. Nothing the account may or may not do is known yet,
+    so this is not PermissionDenied; an operator must fix the credentials."""
+
+    def __init__(self, verb: str, resource: str, detail: str = "") -> None:
+        message = f"the API server refused the credentials (401) for {verb} {resource}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.verb = verb
+        self.resource = resource
 
 
 class NotFound(BackendError):

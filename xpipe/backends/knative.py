@@ -4,7 +4,9 @@ The client (kubernetes 37) is imported on first use, not at import time: it take
 a function takes to start, and most requests never need it (an unchanged template is cached).
 
 Every API call goes through `_call`, the one place that retries (409, 429, 5xx and connection errors,
-with jittered exponential backoff, bounded) and maps failures into the `BackendError` hierarchy.
+with jittered exponential backoff, bounded; a 409 on create means "exists" and is never retried: the
+caller applies over it) and maps failures into the `BackendError` hierarchy (401 is CredentialsRefused,
+403 PermissionDenied). One `ensure_step_service` is bounded as a whole by ENSURE_DEADLINE_SECONDS.
 Core-API reads ask for the raw JSON (`_preload_content=False`): the client's generated models refuse
 fields they do not know, and a newer API server adds fields.
 """
@@ -26,6 +28,7 @@ from xpipe.backends.base import (
     BackendError,
     BackendUnavailable,
     Conflict,
+    CredentialsRefused,
     ExecutionBackend,
     InvalidSpec,
     NotFound,
@@ -53,6 +56,8 @@ POD_STOP_GRACE_SECONDS = objects.STOP_GRACE_SECONDS + 12
 # annotations back (two GETs), so a step Service or Trigger deleted in the cluster is re-created. Submit
 # caches its own ensure for as long, relying on the backend to re-check.
 APPLIED_CACHE_SECONDS = 60.0
+# One ensure (reads, applies, creates and their retries) gives up after this long: a submit waits for it.
+ENSURE_DEADLINE_SECONDS = 30.0
 
 
 class KnativeBackend(ExecutionBackend):
@@ -77,6 +82,7 @@ class KnativeBackend(ExecutionBackend):
         max_backoff_seconds: float = 5.0,
         request_timeout_seconds: float = 10.0,
         applied_cache_seconds: float = APPLIED_CACHE_SECONDS,
+        ensure_deadline_seconds: float = ENSURE_DEADLINE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._namespace = namespace
@@ -92,6 +98,7 @@ class KnativeBackend(ExecutionBackend):
         self._lock = threading.Lock()
         self._client: Any = None
         self._cache_seconds = applied_cache_seconds
+        self._ensure_deadline = ensure_deadline_seconds
         self._clock = clock
         # service name -> (template digest applied or seen, clock time it was last confirmed)
         self._applied: dict[str, tuple[str, float]] = {}
@@ -136,8 +143,21 @@ class KnativeBackend(ExecutionBackend):
 
         return client.CoreV1Api(self._api_client())
 
-    def _call(self, verb: str, resource: str, namespace: str, call: Callable[[], T]) -> T:
-        """Run `call`, retrying what a retry can fix; every failure leaves as a BackendError."""
+    def _call(
+        self,
+        verb: str,
+        resource: str,
+        namespace: str,
+        call: Callable[[], T],
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """Run `call`, retrying what a retry can fix; every failure leaves as a BackendError.
+
+        The retry policy depends on the verb: a 409 on `create` means the object exists, which the
+        caller handles at once (it applies over it), so it is never retried here. No retry starts
+        after `deadline` (a `time.monotonic()` value): the last failure is raised instead.
+        """
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
         from urllib3.exceptions import HTTPError as TransportError  # noqa: PLC0415
 
@@ -148,8 +168,12 @@ class KnativeBackend(ExecutionBackend):
             except ApiException as error:
                 status = int(error.status or 0)
                 reason = _status_message(error)
-                if status in (401, 403):
+                if status == 401:
+                    raise CredentialsRefused(verb, resource, reason) from None
+                if status == 403:
                     raise PermissionDenied(verb, resource, namespace, reason) from None
+                if status == 409 and verb == "create":
+                    raise Conflict(f"{resource} already exists: {reason}") from None
                 if status == 404:
                     raise NotFound(f"{resource} not found in namespace {namespace!r}: {reason}") from None
                 if status in (400, 422):
@@ -171,6 +195,8 @@ class KnativeBackend(ExecutionBackend):
             delay = random.uniform(0, min(self._max_backoff, self._backoff * 2 ** (attempt - 1)))  # noqa: S311
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self._max_backoff))
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise failure
             log.info(
                 "retrying Kubernetes call",
                 extra={
@@ -185,7 +211,9 @@ class KnativeBackend(ExecutionBackend):
 
     # --- custom objects ----------------------------------------------------------------------------
 
-    def _get(self, group: str, plural: str, name: str) -> dict[str, Any] | None:
+    def _get(
+        self, group: str, plural: str, name: str, deadline: float | None = None
+    ) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = self._call(
                 "get",
@@ -194,17 +222,27 @@ class KnativeBackend(ExecutionBackend):
                 lambda: self._custom().get_namespaced_custom_object(
                     group, objects.API_VERSION, self._namespace, plural, name, _request_timeout=self._timeout
                 ),
+                deadline=deadline,
             )
         except NotFound:
             return None
         return result
 
-    def _apply(self, group: str, plural: str, body: dict[str, Any], manager: str = FIELD_MANAGER) -> None:
+    def _apply(
+        self,
+        group: str,
+        plural: str,
+        body: dict[str, Any],
+        manager: str = FIELD_MANAGER,
+        deadline: float | None = None,
+    ) -> None:
         """Server-side apply; an API server that will not apply to a missing object gets a create."""
         name = body["metadata"]["name"]
         resource = f"{plural}.{group}"
         custom = self._custom()
         for _ in range(self._max_attempts):
+            if deadline is not None and time.monotonic() > deadline:
+                raise BackendUnavailable(f"{resource} {name!r} not applied before the ensure deadline")
             try:
                 self._call(
                     "patch",
@@ -222,6 +260,7 @@ class KnativeBackend(ExecutionBackend):
                         _content_type=APPLY_CONTENT_TYPE,
                         _request_timeout=self._timeout,
                     ),
+                    deadline=deadline,
                 )
                 return
             except NotFound:
@@ -241,6 +280,7 @@ class KnativeBackend(ExecutionBackend):
                         field_manager=manager,
                         _request_timeout=self._timeout,
                     ),
+                    deadline=deadline,
                 )
                 return
             except Conflict:
@@ -279,24 +319,26 @@ class KnativeBackend(ExecutionBackend):
     def ensure_step_service(self, spec: StepServiceSpec) -> bool:
         if self._cached(spec):
             return False
-        if self._already_applied(spec):
+        deadline = time.monotonic() + self._ensure_deadline
+        if self._already_applied(spec, deadline):
             self._remember(spec)
             return False
         service = objects.knative_service(spec, self._namespace, self._runtime_command)
-        self._apply(objects.SERVING_GROUP, "services", service)
+        self._apply(objects.SERVING_GROUP, "services", service, deadline=deadline)
         self._apply(
             objects.EVENTING_GROUP,
             "triggers",
             objects.trigger(spec, self._namespace, self._broker, self._dead_letter),
+            deadline=deadline,
         )
         self._remember(spec)
         log.info("step service applied", extra={"service": spec.name, "templateDigest": spec.template_digest})
         return True
 
-    def _already_applied(self, spec: StepServiceSpec) -> bool:
+    def _already_applied(self, spec: StepServiceSpec, deadline: float) -> bool:
         """A cold cache asks the cluster: both objects carry the digest of what was applied last."""
         for group, plural in ((objects.SERVING_GROUP, "services"), (objects.EVENTING_GROUP, "triggers")):
-            found = self._get(group, plural, spec.name)
+            found = self._get(group, plural, spec.name, deadline)
             annotations = ((found or {}).get("metadata") or {}).get("annotations") or {}
             if annotations.get(objects.ANNOTATION_DIGEST) != spec.template_digest:
                 return False
