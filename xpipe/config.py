@@ -11,7 +11,6 @@ and never appear in ``repr`` or in an error message.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from xpipe.ce_overrides import InvalidCeOverrides, parse_ce_overrides
 from xpipe.errors import ConfigurationError
 
 # The demo templates shipped in the package (xpipe/templates/*.yaml). Defined here rather than taken
@@ -145,16 +145,10 @@ def _sink(raw: str) -> str:
 
 
 def _ce_overrides(raw: str) -> dict[str, str]:
-    if not raw.strip():
-        return {}
     try:
-        document = json.loads(raw)
-    except json.JSONDecodeError:
-        raise ConfigurationError("K_CE_OVERRIDES is not JSON") from None
-    extensions = document.get("extensions", {}) if isinstance(document, dict) else None
-    if not isinstance(extensions, dict) or not all(isinstance(v, str) for v in extensions.values()):
-        raise ConfigurationError('K_CE_OVERRIDES must look like {"extensions": {"name": "value"}}')
-    return {str(k): v for k, v in extensions.items()}
+        return parse_ce_overrides(raw)
+    except InvalidCeOverrides as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:

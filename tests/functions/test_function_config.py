@@ -68,6 +68,8 @@ def test_ipv6_journal_address_and_overrides_are_parsed() -> None:
         ({"XPIPE_TRUST_CLUSTER_DELIVERIES": "yes"}, "XPIPE_TRUST_CLUSTER_DELIVERIES"),
         ({"K_CE_OVERRIDES": "{not json"}, "K_CE_OVERRIDES"),
         ({"K_CE_OVERRIDES": '{"extensions": {"a": 1}}'}, "K_CE_OVERRIDES"),
+        ({"K_CE_OVERRIDES": '{"extensions": {"id": "fixed"}}'}, "K_CE_OVERRIDES"),
+        ({"K_CE_OVERRIDES": '{"extensions": {"xpipejob": "j-1"}}'}, "K_CE_OVERRIDES"),
         ({"XPIPE_JOURNAL_SECRET_FILE": "/nonexistent/secret"}, "XPIPE_JOURNAL_SECRET_FILE"),
     ],
 )
