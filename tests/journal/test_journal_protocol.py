@@ -138,6 +138,38 @@ def test_arbitrary_bytes_decode_cleanly_or_raise_protocol_error(data: bytes) -> 
         assert isinstance(frame.body, dict)
 
 
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=300).map(str.encode),
+        # Almost-valid bodies: any JSON (NaN and Infinity included), sometimes with a key repeated.
+        st.tuples(_JSON_VALUES, st.booleans()).map(
+            lambda v: (json.dumps(v[0]) if not v[1] else '{"a":1,"a":' + json.dumps(v[0]) + "}").encode()
+        ),
+    )
+)
+def test_any_body_behind_a_correct_header_and_crc_decodes_to_an_object_or_a_protocol_error(
+    body: bytes,
+) -> None:
+    """Random bytes almost never pass the magic and the CRC-32; this reaches the UTF-8 and JSON checks."""
+    if len(body) > protocol.MAX_BODY_BYTES:
+        return
+    try:
+        frame = protocol.decode_frame(protocol.frame_with_body(Opcode.COMMIT, 7, body))
+    except ProtocolError:
+        return
+    assert isinstance(frame.body, dict)
+    assert protocol.encode_body(frame.body)  # what was accepted is strict JSON: it encodes again
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.integers(0, 255),
