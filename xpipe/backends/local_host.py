@@ -383,7 +383,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    step_log.configure()
+    step_log.configure("step-host")
     options = _parser().parse_args(argv)
     try:
         host = StepHost(

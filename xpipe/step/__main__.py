@@ -48,7 +48,7 @@ def _drain_then_stop(server: StepHTTPServer, runtime: StepRuntime) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    step_log.configure()
+    step_log.configure("xpipe-step")
     try:
         config = load(sys.argv[1:] if argv is None else argv, os.environ)
     except ConfigError as error:

@@ -1,43 +1,21 @@
-"""Structured (one JSON object per line) logging for the step runtime and the local step host.
+"""Structured logging for the step runtime and the local step host: the functions' JSON lines.
 
-Log collectors in the cluster and `xpipe up` locally parse these lines, so every record carries its
-fields as keys rather than inside a formatted message.
+Log collectors in the cluster and `xpipe up` locally parse these lines, so the step side writes the same
+shape as the functions (`xpipe.logs.JsonLines`), with `function` naming the component.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
-from typing import Any
 
-_STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+from xpipe.logs import JsonLines
 
 
-class JsonFormatter(logging.Formatter):
-    """`{"ts": ..., "level": ..., "logger": ..., "msg": ..., <extra fields>}` on one line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure(level: int = logging.INFO) -> None:
+def configure(component: str, level: int = logging.INFO) -> None:
     """Send every log record to stderr as JSON (stdout carries the step command's own output)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonLines(component))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
