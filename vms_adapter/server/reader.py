@@ -58,10 +58,6 @@ class Transaction:
     def last_seq(self) -> int:
         return self.records[-1].seq
 
-    @property
-    def time(self) -> float:
-        return float(self.marker["time"])
-
 
 @dataclass(frozen=True)
 class Damage:

@@ -101,11 +101,9 @@ def write_snapshot(data_dir: str, last_seq: int, content: bytes) -> str:
     return final
 
 
-def load_newest(data_dir: str, *, at_most_seq: int | None = None) -> Snapshot | None:
-    """The newest snapshot that checks out (and covers no seq beyond ``at_most_seq``), else None."""
+def load_newest(data_dir: str) -> Snapshot | None:
+    """The newest snapshot that checks out, else None."""
     for seq, name in list_snapshots(data_dir):
-        if at_most_seq is not None and seq > at_most_seq:
-            continue
         path = os.path.join(data_dir, name)
         try:
             with open(path, "rb") as handle:

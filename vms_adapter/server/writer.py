@@ -30,7 +30,6 @@ from vms_adapter.errors import (
     Conflict,
     JournalError,
     JournalUnavailable,
-    Rejected,
 )
 from vms_adapter.server.journal import Journal, rejection
 from vms_adapter.server.model import ModelRejection, NewRecord, Record
@@ -80,10 +79,6 @@ class Pending:
         return self._result
 
 
-def _rejection(exc: ModelRejection) -> Rejected:
-    return rejection(exc)
-
-
 def _model_failure(exc: Exception) -> JournalError:
     log.error("job model failed before any state changed", exc_info=exc)
     return JournalError(f"the job model failed: {exc!r}", code=INTERNAL)
@@ -94,7 +89,7 @@ def _ask_model(question: Callable[[], list[NewRecord]]) -> list[NewRecord]:
     try:
         return question()
     except ModelRejection as exc:
-        raise _rejection(exc) from None
+        raise rejection(exc) from None
     except Exception as exc:
         raise _model_failure(exc) from exc
 
