@@ -21,12 +21,12 @@ import logging
 from typing import Any
 
 from cloudevents.conversion import to_binary
-from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from flask import Request, Response
 
 from vms_adapter import errors as journal
 from xpipe.backends import base as backend
+from xpipe.cloudevent_reader import read_cloudevent
 from xpipe.errors import (
     Forbidden,
     MalformedEvent,
@@ -171,20 +171,7 @@ def parse_event(request: Request, body: bytes) -> CloudEvent:
     object every xpipe payload is.
     """
     require_cloudevent(request)
-    try:
-        event = from_http(dict(request.headers), body)
-    except GenericException as exc:
-        raise MalformedEvent(f"malformed CloudEvent: {_short(exc)}") from None
-    except RecursionError:
-        raise MalformedEvent("malformed CloudEvent: JSON nested too deeply") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise MalformedEvent(f"malformed CloudEvent: {_short(exc)}") from None
-    return event
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).replace("\n", " ")
-    return text if len(text) <= 200 else text[:200] + "..."
+    return read_cloudevent(dict(request.headers), body)
 
 
 def event_data(event: CloudEvent) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from cloudevents.conversion import to_binary
-from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_http
 from pydantic import ValidationError
 
+from xpipe.cloudevent_reader import read_cloudevent
+from xpipe.errors import MalformedEvent
 from xpipe.events import STEP_RUN, StepRun
 from xpipe.step.runtime import RuntimeBusy, RuntimeDraining, StepRuntime
 
@@ -38,27 +38,6 @@ def is_cloudevent_request(headers: Any) -> bool:
         return True
     content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
     return content_type == "application/cloudevents+json"
-
-
-class MalformedEvent(ValueError):
-    """The request claims to be a CloudEvent but cannot be read as one: a final 400, never retried."""
-
-
-def parse_cloudevent(headers: dict[str, str], body: bytes) -> CloudEvent:
-    """The request's CloudEvent (binary or structured mode), or `MalformedEvent` saying why not.
-
-    The same refusals as the functions' `xpipe.http.parse_event`, for the runtime's stdlib requests:
-    JSON nested too deeply for the parser (a RecursionError) or otherwise unreadable is a 400 reply, not
-    a dropped connection, which the broker would take for a transient failure and retry.
-    """
-    try:
-        return from_http(headers, body)
-    except GenericException as error:
-        raise MalformedEvent(f"malformed CloudEvent: {type(error).__name__}") from None
-    except RecursionError:
-        raise MalformedEvent("malformed CloudEvent: JSON nested too deeply") from None
-    except (ValueError, TypeError, KeyError) as error:
-        raise MalformedEvent(f"malformed CloudEvent: {type(error).__name__}") from None
 
 
 class StepRequestHandler(BaseHTTPRequestHandler):
@@ -150,7 +129,7 @@ class StepRequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not a CloudEvent (binary or structured mode)")
             return
         try:
-            event = parse_cloudevent(dict(self.headers.items()), body)
+            event = read_cloudevent(dict(self.headers.items()), body)
         except MalformedEvent as error:
             self._error(HTTPStatus.BAD_REQUEST, str(error))
             return
