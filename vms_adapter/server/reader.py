@@ -224,7 +224,11 @@ def list_segments(data_dir: str) -> list[str]:
 # fsync of a directory: errors that mean "not supported here", which PostgreSQL ignores too. Any other
 # error (EIO, ENOSPC) means the entry may not be durable and is raised: swallowing it would let commits
 # be acknowledged into a segment file whose directory entry a crash can still lose.
-_DIRECTORY_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.EBADF, errno.EACCES, errno.EISDIR})
+_DIRECTORY_FSYNC_UNSUPPORTED = frozenset(
+    getattr(errno, name)
+    for name in ("EINVAL", "EBADF", "EACCES", "EISDIR", "ENOTSUP", "EOPNOTSUPP")
+    if hasattr(errno, name)  # not every platform (OpenVMS) defines all of them
+)
 
 
 def fsync_directory(path: str) -> None:
