@@ -40,6 +40,7 @@ from xpipe.backends.base import DEFAULT_HEARTBEAT_SECONDS, StepServiceSpec, step
 from xpipe.config import BUILTIN_TEMPLATES_DIR
 from xpipe.errors import CatalogError, InvalidParams, UnknownTemplate
 from xpipe.params import format_value, leading_placeholder, placeholders
+from xpipe.step.limits import MIN_TIMEOUT_SECONDS
 
 # libyaml's safe loader when PyYAML was built with it (several times faster), else the pure-Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -129,7 +130,7 @@ class CompensateSpec(TemplateModel):
 
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: int = Field(default=300, ge=1)
+    timeout_seconds: int = Field(default=300, ge=MIN_TIMEOUT_SECONDS)
     image: str | None = None
 
 
@@ -148,7 +149,7 @@ class StepSpec(TemplateModel):
     image: str | None = None
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: int = Field(default=300, ge=1)
+    timeout_seconds: int = Field(default=300, ge=MIN_TIMEOUT_SECONDS)
     retries: int = Field(default=0, ge=0, le=10)
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
     heartbeat_timeout_seconds: int = Field(default=30, ge=1, le=3600)

@@ -135,7 +135,7 @@ async def test_apply_creates_schema_valid_service_and_trigger(
     assert template["spec"]["timeoutSeconds"] == 120
     assert container["command"] == ["xpipe-step"]
     args = container["args"]
-    assert args[args.index("--timeout-seconds") + 1] == "115"  # room to stop the command and still reply
+    assert args[args.index("--timeout-seconds") + 1] == "120"  # the runtime keeps its own stop margin
     assert args[args.index("--") + 1 :] == ["deploy", "--env={{ params.env }}"]  # unrendered, after --
     assert args[args.index("--env") : args.index("--env") + 2] == ["--env", "TARGET={{ params.target }}"]
     trigger = kmock.objects[TRIGGERS, NAMESPACE, "demo-ok-deploy"].raw

@@ -199,6 +199,7 @@ BROKEN = [
     ("name: Bad_Name\nsteps: [{name: a, argv: [x]}]\n", "name", "pattern"),
     ("name: t\nsteps: []\n", "steps", "at least 1"),
     ("name: t\nsteps: [{name: a, argv: [x], timeoutSeconds: nine}]\n", "steps[0].timeoutSeconds", "integer"),
+    ("name: t\nsteps: [{name: a, argv: [x], timeoutSeconds: 5}]\n", "steps[0].timeoutSeconds", "10"),
     ("name: t\nsteps: [{name: a, argv: [x], retires: 2}]\n", "steps[0].retires", "Extra inputs"),
     ("name: t\nonFailure: panic\nsteps: [{name: a, argv: [x]}]\n", "onFailure", ""),
     ("name: t\nsteps: [{name: a, argv: [x], timeoutSeconds: 601}]\n", "steps[0].timeoutSeconds",

@@ -29,11 +29,11 @@ REVISION_GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
 
 STEP_CONTAINER = "step"
 STEP_PORT = 8080
-# The step runtime stops a command at its time-out and still has to answer: SIGTERM, the grace period,
-# SIGKILL, then the reply. All of it must happen before Knative cuts the request at the template's
-# timeoutSeconds; a cut request is retried by the broker and the command could run again on another pod.
+# The runtime is given Knative's request time-out (the template's timeoutSeconds) and stops the command
+# early enough to reply before it (xpipe.step.limits); this grace is its SIGTERM-to-SIGKILL wait.
 STOP_GRACE_SECONDS = 3
-RUNTIME_TIMEOUT_MARGIN_SECONDS = STOP_GRACE_SECONDS + 2
+# The broker's delivery of a step.run waits a little longer than the runtime may hold the request.
+DELIVERY_TIMEOUT_MARGIN_SECONDS = 5
 # Step Services are reached only through the Broker: never published on the cluster's external gateway.
 LABEL_VISIBILITY = "networking.knative.dev/visibility"
 # The broker's delivery of step.run: retried (idempotent in the runtime), then dead-lettered.
@@ -60,14 +60,13 @@ def step_labels(spec: StepServiceSpec) -> dict[str, str]:
 
 def runtime_args(spec: StepServiceSpec) -> list[str]:
     """The step runtime's arguments: its options, the step's unrendered env, then `--` and the argv."""
-    runtime_timeout = max(1, spec.timeout_seconds - RUNTIME_TIMEOUT_MARGIN_SECONDS)
     args = [
         "--heartbeat-seconds",
         f"{spec.heartbeat_seconds:g}",
         "--stop-grace-seconds",
         str(STOP_GRACE_SECONDS),
         "--timeout-seconds",
-        str(runtime_timeout),
+        str(spec.timeout_seconds),
     ]
     for name, value in sorted(spec.env.items()):
         args += ["--env", f"{name}={value}"]
@@ -129,7 +128,7 @@ def trigger(
         "backoffPolicy": "exponential",
         "backoffDelay": STEP_RUN_BACKOFF_DELAY,
         # The runtime holds the request until the command ends: the delivery must wait as long.
-        "timeout": f"PT{spec.timeout_seconds + RUNTIME_TIMEOUT_MARGIN_SECONDS}S",
+        "timeout": f"PT{spec.timeout_seconds + DELIVERY_TIMEOUT_MARGIN_SECONDS}S",
     }
     if dead_letter is not None:
         dl_namespace, dl_service = dead_letter

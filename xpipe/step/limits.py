@@ -17,10 +17,9 @@ OUTPUT_DRAIN_SECONDS = 0.5
 REPLY_WRITE_SECONDS = 0.5
 REPLY_MARGIN_SECONDS = LEFTOVER_KILL_SECONDS + OUTPUT_DRAIN_SECONDS + REPLY_WRITE_SECONDS
 
-# The shortest step `timeoutSeconds` worth accepting in a template: with the Knative backend (its runtime
-# time-out a fifth shorter than timeoutSeconds under 25 s, a 3 s stop grace) a 10 s step still gets 3 s to
-# run before it is stopped, and so does a local step (the full 10 s, a 5 s stop grace). Below it a step
-# spends most or all of its time being stopped. For template validation to import.
+# The shortest step `timeoutSeconds` worth accepting in a template: with the Knative backend's 3 s stop
+# grace a 10 s step still runs its command for 5 s before it is stopped, and a local step (5 s grace) for
+# 3 s. Below it a step spends most or all of its time being stopped. Template validation enforces it.
 MIN_TIMEOUT_SECONDS = 10
 
 
