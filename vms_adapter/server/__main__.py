@@ -1,20 +1,17 @@
-"""``python -m vms_adapter.server --data-dir DIR --host H --port P ...``: run the journal service."""
+"""``python -m vms_adapter.server --data-dir DIR --host H --port P ...``: run the journal service.
+
+The same as ``xpipe-journal serve ...``: the options and their handling are written once, in ``cli``.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from vms_adapter.server.config import ConfigError, parse_server_config
-from vms_adapter.server.service import EXIT_CONFIG, run
+from vms_adapter.server import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_server_config(sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
-        print(f"xpipe-journal: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    return run(config)
+    return cli.main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,12 +126,6 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         key_retention_s=float(args.key_retention),
         log_level=str(args.log_level).upper(),
     )
-
-
-def parse_server_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ServerConfig:
-    parser = argparse.ArgumentParser(prog="python -m vms_adapter.server", description="XPipe journal service")
-    add_server_arguments(parser, os.environ if env is None else env)
-    return config_from_arguments(parser.parse_args(list(argv)))
 
 
 def read_secret(path: str) -> bytes:
