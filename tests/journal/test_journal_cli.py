@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from journal_service import ROOT, JournalServer, exit_of, spawn, start
 
 from vms_adapter.server import reader
@@ -94,3 +95,24 @@ def test_a_too_short_secret_is_refused_without_echoing_it(
     assert exit_of(server) == 1
     assert "shorter than 16 bytes" in server.stderr()
     assert "tiny-secret" not in server.stderr()
+
+
+@pytest.mark.parametrize(
+    "args", [("--port", "not-a-number"), ("--no-such-option",), ("--max-connections", "0")], ids=str
+)
+def test_a_bad_option_is_a_configuration_error_not_the_corrupt_journal_exit_code(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Before: argparse's own exit status 2, which docs/journal.md defines as "the journal is corrupt"."""
+    for command in (["-m", "vms_adapter.server"], ["-m", "vms_adapter.server.cli", "serve"]):
+        result = subprocess.run(
+            [sys.executable, *command, "--data-dir", str(tmp_path / "j"), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "xpipe-journal" in result.stderr
+        assert not (tmp_path / "j").exists(), "nothing is created for a refused configuration"

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from vms_adapter.server import reader, snapshots
 from vms_adapter.server.config import ConfigError, add_server_arguments, config_from_arguments
@@ -98,8 +98,17 @@ def dump(data_dir: str, job: str | None, out: TextIO, err: TextIO) -> int:
     return EXIT_SOUND
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad option, and 2 is this service's "the journal is corrupt" (docs/journal.md):
+    a bad option is a configuration error instead, exit 1. (Sub-parsers are made with the same class.)"""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise ConfigError(f"{self.prog}: {message}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xpipe-journal", description="The XPipe journal service and tools")
+    parser = _Parser(prog="xpipe-journal", description="The XPipe journal service and tools")
     commands = parser.add_subparsers(dest="command", required=True)
     add_server_arguments(commands.add_parser("serve", help="run the journal service"), os.environ)
     check = commands.add_parser("verify", help="offline integrity check")
@@ -107,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = commands.add_parser("dump", help="committed records as JSON lines, in seq order")
     show.add_argument("data_dir")
     show.add_argument("--job", help="only this job's records")
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as exc:
+        print(f"xpipe-journal: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "verify":
         return verify(args.data_dir, sys.stdout, sys.stderr)
     if args.command == "dump":
