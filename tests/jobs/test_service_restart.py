@@ -123,7 +123,7 @@ def test_refusals_reach_the_client_with_their_code_and_change_nothing(
 def test_a_sweep_through_the_service_expires_leases_and_hands_out_the_retry(
     tmp_path: Path, processes: list[ServiceProcess]
 ) -> None:
-    service = ServiceProcess(tmp_path / "journal")
+    service = ServiceProcess(tmp_path / "journal", "--allow-clock-override")
     processes.append(service)
     with service.client() as client:
         the_plan = plan(step("build", retries=1, backoff=0, heartbeat=5))
@@ -141,4 +141,23 @@ def test_a_sweep_through_the_service_expires_leases_and_hands_out_the_retry(
         assert view["state"] == "PENDING"
         # Within the redelivery interval the same sweep hands out nothing new.
         assert client.sweep(now=lease_until + 2, redelivery_after=60).directives == []
+    service.stop()
+
+
+def test_a_client_cannot_move_the_sweep_clock_unless_the_service_allows_it(
+    tmp_path: Path, processes: list[ServiceProcess]
+) -> None:
+    service = ServiceProcess(tmp_path / "journal")
+    processes.append(service)
+    with service.client() as client:
+        registered = client.commit(
+            None, [{"type": "JOB_REGISTERED", "data": plan(step("build"))}], idempotency_key="reg"
+        )
+        before = client.read_job(registered.job_id)
+        with pytest.raises(Rejected) as caught:
+            client.sweep(now=before["steps"][0]["attempts"][0]["leaseUntil"] + 3600, redelivery_after=60)
+        assert caught.value.code == "BAD_REQUEST"
+        assert "--allow-clock-override" in caught.value.message
+        after = client.read_job(registered.job_id)
+        assert (after["state"], after["version"]) == (before["state"], before["version"])
     service.stop()

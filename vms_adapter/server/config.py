@@ -38,6 +38,8 @@ class ServerConfig:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     key_retention_s: float = DEFAULT_KEY_RETENTION_S
     log_level: str = "INFO"
+    # SWEEP with a client-chosen "now" can expire every lease at once: only for tests and drills.
+    allow_clock_override: bool = False
 
     @property
     def storage(self) -> StorageOptions:
@@ -94,6 +96,11 @@ def add_server_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         "--key-retention", type=_positive(float), default=default("KEY_RETENTION", DEFAULT_KEY_RETENTION_S)
     )
     parser.add_argument("--log-level", default=default("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--allow-clock-override",
+        action="store_true",
+        help="accept SWEEP's `now` (tests and failure drills only: it can expire every lease at once)",
+    )
 
 
 def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
@@ -125,6 +132,7 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         snapshot_every=int(args.snapshot_every),
         key_retention_s=float(args.key_retention),
         log_level=str(args.log_level).upper(),
+        allow_clock_override=bool(args.allow_clock_override),
     )
 
 

@@ -125,10 +125,12 @@ class Operations:
         *,
         commit_timeout_s: float = 30.0,
         service_stats: Callable[[], dict[str, Any]] | None = None,
+        allow_clock_override: bool = False,
     ) -> None:
         self.journal = journal
         self.writer = writer
         self.commit_timeout_s = commit_timeout_s
+        self.allow_clock_override = allow_clock_override
         self.service_stats = service_stats or dict
         self._handlers: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
             Opcode.COMMIT: self.commit,
@@ -180,6 +182,12 @@ class Operations:
     def sweep(self, body: dict[str, Any]) -> dict[str, Any]:
         _only_keys(body, ("now", "redeliveryAfter"), "SWEEP")
         now = body.get("now")
+        if now is not None and not self.allow_clock_override:
+            # A client's clock far ahead would expire every running attempt's lease at once.
+            raise _bad(
+                "SWEEP: `now` is accepted only by a service started with --allow-clock-override",
+                field="now",
+            )
         redelivery = body.get("redeliveryAfter", DEFAULT_REDELIVERY_S)
         request = SweepRequest(
             now=None if now is None else _number(now, "now"),

@@ -88,7 +88,12 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
     writer.start()
     front: JournalFront | None = None
     try:
-        operations = Operations(journal, writer, commit_timeout_s=config.commit_timeout_s)
+        operations = Operations(
+            journal,
+            writer,
+            commit_timeout_s=config.commit_timeout_s,
+            allow_clock_override=config.allow_clock_override,
+        )
         front = JournalFront(
             operations,
             host=config.host,
