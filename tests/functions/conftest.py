@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from functions_harness import EventSink, JournalProcess, write_tokens
+from functions_harness import EventSink, JournalProcess, StepHost, write_tokens
+
+from vms_adapter.client import JournalClient
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +33,16 @@ def sink() -> Iterator[EventSink]:
     receiver = EventSink()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture(scope="module")
+def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
+    host = StepHost(sink.url, workdir / "step-host.log")
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def client(journal: JournalProcess) -> Iterator[JournalClient]:
+    with journal.client() as journal_client:
+        yield journal_client

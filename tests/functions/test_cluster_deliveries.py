@@ -53,12 +53,6 @@ def strict_relay(
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def client(journal: JournalProcess) -> Iterator[JournalClient]:
-    with journal.client() as journal_client:
-        yield journal_client
-
-
 def _register(client: JournalClient) -> str:
     catalog = Catalog.load(BUILTIN_TEMPLATES_DIR, max_revision_timeout_seconds=600)
     job = resolve(catalog.get("demo-ok"), {}, requested_by="tests", default_image="img")

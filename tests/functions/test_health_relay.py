@@ -42,12 +42,6 @@ def relay(journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path)
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def client(journal: JournalProcess) -> Iterator[JournalClient]:
-    with journal.client() as journal_client:
-        yield journal_client
-
-
 def register(client: JournalClient, template: str = "demo-ok") -> tuple[str, list[dict[str, Any]]]:
     catalog = Catalog.load(BUILTIN_TEMPLATES_DIR, max_revision_timeout_seconds=600)
     job = resolve(catalog.get(template), {}, requested_by="tests", default_image="img")

@@ -23,13 +23,6 @@ from xpipe.events import PIPELINE_SUBMIT
 
 
 @pytest.fixture(scope="module")
-def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
-    host = StepHost(sink.url, workdir / "step-host.log")
-    yield host
-    host.stop()
-
-
-@pytest.fixture(scope="module")
 def submit(
     journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
 ) -> Iterator[FunctionServer]:

@@ -28,13 +28,6 @@ from xpipe.outbox import directive_event
 
 
 @pytest.fixture(scope="module")
-def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
-    host = StepHost(sink.url, workdir / "step-host.log")
-    yield host
-    host.stop()
-
-
-@pytest.fixture(scope="module")
 def rollback(
     journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
 ) -> Iterator[FunctionServer]:
@@ -42,12 +35,6 @@ def rollback(
     server = FunctionServer("rollback", env, workdir / "rollback.log").wait_until("/health/readiness")
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(journal: JournalProcess) -> Iterator[JournalClient]:
-    with journal.client() as journal_client:
-        yield journal_client
 
 
 def step(name: str, **extra: Any) -> dict[str, Any]:

@@ -37,13 +37,6 @@ CANCEL_DEADLINE_SECONDS = 15.0
 
 
 @pytest.fixture(scope="module")
-def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
-    host = StepHost(sink.url, workdir / "cancel-step-host.log")
-    yield host
-    host.stop()
-
-
-@pytest.fixture(scope="module")
 def rollback(
     journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
 ) -> Iterator[FunctionServer]:
@@ -51,12 +44,6 @@ def rollback(
     server = FunctionServer("rollback", env, workdir / "cancel-rollback.log").wait_until("/health/readiness")
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(journal: JournalProcess) -> Iterator[JournalClient]:
-    with journal.client() as journal_client:
-        yield journal_client
 
 
 def commit(client: JournalClient, job_id: str | None, record_type: str, data: dict[str, Any]) -> Any:

@@ -34,13 +34,6 @@ from xpipe.events import EXT_JOB, EXT_STEP, JOB_REGISTERED, PIPELINE_SUBMIT, STE
 
 
 @pytest.fixture(scope="module")
-def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
-    host = StepHost(sink.url, workdir / "step-host.log")
-    yield host
-    host.stop()
-
-
-@pytest.fixture(scope="module")
 def submit(
     journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
 ) -> Iterator[FunctionServer]:
@@ -48,12 +41,6 @@ def submit(
     server = FunctionServer("submit", env, workdir / "submit.log").wait_until("/health/readiness")
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(journal: JournalProcess) -> Iterator[JournalClient]:
-    with journal.client() as journal_client:
-        yield journal_client
 
 
 def submit_event(template: str = "demo-ok", params: dict[str, Any] | None = None, **data: Any) -> CloudEvent:
