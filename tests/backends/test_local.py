@@ -318,6 +318,10 @@ def test_a_service_with_one_revision_has_nothing_to_revert_to(backend: LocalBack
 def test_bad_requests_and_unknown_services(backend: LocalBackend, host: Host) -> None:
     assert step_run(host, "no-such-service", "x").status_code == 404
     assert httpx.post(f"{host.url}/", json={"jobId": "j"}).status_code == 415
+    deep = b'{"specversion": "1.0", "id": "1", "source": "/t", "type": "t", "data": ' + b"[" * 5000
+    structured = {"content-type": "application/cloudevents+json"}
+    refused = httpx.post(f"{host.url}/", content=deep + b"]" * 5000 + b"}", headers=structured)
+    assert (refused.status_code, "malformed CloudEvent" in refused.text) == (400, True)
     with pytest.raises(InvalidSpec):
         backend._request("PUT", "/services/x", json={"name": "x"})  # the host refuses an incomplete spec
     with pytest.raises(NotFound):

@@ -38,20 +38,21 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
-from cloudevents.exceptions import GenericException
-from cloudevents.http import from_http
 
 from xpipe.backends.base import BackendError, InvalidSpec, NotFound, StepServiceSpec
 from xpipe.backends.local_pool import HostBusy, StepHost
+from xpipe.cloudevent_reader import read_cloudevent
+from xpipe.errors import MalformedEvent
 from xpipe.events import EXT_STEP, STEP_RUN
 from xpipe.step import log as step_log
+from xpipe.step.handler import RequestHandler
 from xpipe.step.server import is_cloudevent_request
 
 log = logging.getLogger("xpipe.backends.local_host")
@@ -96,28 +97,9 @@ class ReplyCache:
             done.set()
 
 
-class HostRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class HostRequestHandler(RequestHandler):
     server: StepHostServer
     timeout = 30.0
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes; without TCP_NODELAY, Nagle's algorithm and the
-        # client's delayed ACK hold the body back for about 40 ms on every reply.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http", extra={"line": format % args})
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
 
     def _json(self, status: int, document: Any) -> None:
         self._send(status, json.dumps(document).encode(), {"Content-Type": "application/json"})
@@ -255,9 +237,9 @@ class HostRequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not a CloudEvent (binary or structured mode)")
             return
         try:
-            event = from_http(dict(self.headers.items()), body)
-        except GenericException as error:
-            self._error(HTTPStatus.BAD_REQUEST, f"malformed CloudEvent: {type(error).__name__}")
+            event = read_cloudevent(dict(self.headers.items()), body)
+        except MalformedEvent as error:
+            self._error(HTTPStatus.BAD_REQUEST, str(error))
             return
         if event["type"] != STEP_RUN:
             self._error(HTTPStatus.BAD_REQUEST, f"the step host takes only {STEP_RUN}, not {event['type']!r}")

@@ -14,7 +14,7 @@ import logging
 import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from cloudevents.conversion import to_binary
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from xpipe.cloudevent_reader import read_cloudevent
 from xpipe.errors import MalformedEvent
 from xpipe.events import STEP_RUN, StepRun
+from xpipe.step.handler import RequestHandler
 from xpipe.step.runtime import RuntimeBusy, RuntimeDraining, StepRuntime
 
 log = logging.getLogger("xpipe.step.server")
@@ -40,32 +41,13 @@ def is_cloudevent_request(headers: Any) -> bool:
     return content_type == "application/cloudevents+json"
 
 
-class StepRequestHandler(BaseHTTPRequestHandler):
+class StepRequestHandler(RequestHandler):
     """Routes: `POST /` (step.run), `GET /health/liveness`, `GET /health/readiness`."""
 
-    protocol_version = "HTTP/1.1"
     server: StepHTTPServer
     timeout = REQUEST_READ_TIMEOUT_SECONDS
 
     # --- plumbing ----------------------------------------------------------------------------------
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes; without TCP_NODELAY, Nagle's algorithm and the
-        # client's delayed ACK hold the body back for about 40 ms on every reply.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http", extra={"line": format % args})
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
 
     def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
         body = json.dumps({"error": status.phrase, "message": message}).encode()
