@@ -24,10 +24,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import IO, Any
 
 from xpipe.backends.base import InvalidSpec, NotFound, StepServiceSpec, TrafficState
+from xpipe.step.leftovers import session_members
 
 log = logging.getLogger("xpipe.backends.local_host")
 
@@ -154,20 +154,9 @@ class StepProcess:
         In a pod the container's processes die together; here the session plays the container's part.
         Linux only (/proc); elsewhere leftovers of a crashed runtime finish on their own.
         """
-        proc = Path("/proc")
-        if not proc.is_dir():
-            return
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                # Fields after the parenthesised command name: state, ppid, pgrp, session, ...
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if len(fields) > 3 and fields[3] == str(self.pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        for member in session_members(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member, signal.SIGKILL)
 
     def settle(self, timeout: float) -> None:
         """Wait up to `timeout` for the process to exit on its own."""

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from xpipe.step.limits import LEFTOVER_KILL_SECONDS
@@ -43,23 +44,29 @@ def become_subreaper() -> bool:
     return ok
 
 
-def children_of(pid: int) -> list[int]:
-    """Live or zombie processes whose parent is `pid` (Linux /proc; empty elsewhere)."""
-    found: list[int] = []
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Every process as (pid, the fields of /proc/<pid>/stat after the command name: state, ppid,
+    pgrp, session, ...). Linux only; nothing elsewhere."""
     proc = Path("/proc")
     if not proc.is_dir():
-        return found
+        return
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            # Fields after the parenthesised command name: state, ppid, ...
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            yield int(entry.name), (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 1 and fields[1] == str(pid):
-            found.append(int(entry.name))
-    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """Live or zombie processes whose parent is `pid` (Linux /proc; empty elsewhere)."""
+    return [child for child, fields in _proc_stats() if len(fields) > 1 and fields[1] == str(pid)]
+
+
+def session_members(session: int) -> list[int]:
+    """Processes in the session `session` leads (Linux /proc; empty elsewhere)."""
+    return [member for member, fields in _proc_stats() if len(fields) > 3 and fields[3] == str(session)]
 
 
 def _reap_all() -> None:
