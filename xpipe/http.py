@@ -20,7 +20,6 @@ import json
 import logging
 from typing import Any
 
-from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 
@@ -37,6 +36,7 @@ from xpipe.errors import (
     Unauthenticated,
     UnprocessableRequest,
 )
+from xpipe.outbox import binary_message
 
 log = logging.getLogger("xpipe.http")
 
@@ -120,7 +120,7 @@ def reply(event: CloudEvent) -> Response:
     """200 with ``event`` in binary mode: the broker treats it as a new event and routes it."""
     if "datacontenttype" not in event:
         event["datacontenttype"] = "application/json"
-    headers, body = to_binary(event)
+    headers, body = binary_message(event)
     return Response(body, status=200, headers=headers)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import json
 import logging
 import os
 import ssl
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 log = logging.getLogger("xpipe.outbox")
@@ -72,6 +72,30 @@ def directive_event(directive: Mapping[str, Any], overrides: Mapping[str, str]) 
             attributes[name] = spec[name]
     attributes["id"] = directive["id"]
     return CloudEvent(attributes, spec.get("data"))
+
+
+def binary_message(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    """``event`` in HTTP binary mode: the headers and body ``cloudevents.conversion.to_binary`` gives.
+
+    Written out because the SDK's conversion (an intermediate event object, attribute by attribute)
+    cost about as much CPU as the rest of a publish; every function request encodes one or two events.
+    Same output: ``content-type`` from ``datacontenttype``, ``ce-<name>`` for every other attribute
+    that is set, and the data as JSON (bytes as they are, no data as an empty body).
+    """
+    headers: dict[str, str] = {}
+    for name, value in event.get_attributes().items():
+        if value is None:
+            continue
+        if name == "datacontenttype":
+            headers["content-type"] = str(value)
+        else:
+            headers["ce-" + name] = str(value)
+    data = event.get_data()
+    if data is None:
+        return headers, b""
+    if isinstance(data, bytes):
+        return headers, data
+    return headers, json.dumps(data).encode()
 
 
 class AckBatcher:
@@ -213,7 +237,7 @@ class Outbox:
 
     def publish(self, event: CloudEvent) -> None:
         """POST one event in binary mode; ``PublishFailed`` unless the sink answers 2xx."""
-        headers, body = to_binary(event)
+        headers, body = binary_message(event)
         try:
             status = self._connections.post(headers, body)
         except (OSError, http.client.HTTPException) as exc:
