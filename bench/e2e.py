@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from report import write_section
 
 from xpipe.devstack.running import RunningStack
 from xpipe.templates import service_name
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- e2e-bench:begin -->", "<!-- e2e-bench:end -->"
 DEMO = "demo-ok"
 STEPS = ("prepare", "build", "publish")
@@ -194,15 +194,7 @@ def write_doc(result: dict[str, Any], args: argparse.Namespace, took_s: float) -
         f"| submit to SUCCEEDED | p50 {load['p50_s']} s, p99 {load['p99_s']} s |",
         f"| jobs not succeeded | {load['jobs'] - load['succeeded']} {load['not_succeeded'] or ''} |",
     ]
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text and END in text:
-        before, _, rest = text.partition(BEGIN)
-        _, _, after = rest.partition(END)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section(lines, BEGIN, END)
 
 
 if __name__ == "__main__":

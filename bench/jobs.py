@@ -8,7 +8,7 @@ in the commit's transaction. The storage-only path is ``bench/journal.py``'s wor
 load generator (``bench/journal.py``'s ``drive``) against a fresh service of the same build.
 
 Run: ``.venv/bin/python bench/jobs.py [--seconds S] [--clients 32] [--heartbeats 8] [--steps 2]``.
-Writes the results into the benchmark section of ``docs/jobs.md``.
+Writes the results into its section of ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402
+
 from vms_adapter.client import JournalClient  # noqa: E402
 
-DOC = ROOT / "docs" / "jobs.md"
 BEGIN, END = "<!-- jobs-bench:begin -->", "<!-- jobs-bench:end -->"
 TARGET_RATIO = 0.8  # the orchestration workload within 20% of the storage-only path
 
@@ -109,18 +110,6 @@ def orchestration_worker(port: int, run_id: str, steps: int, heartbeats: int) ->
     return make
 
 
-def write_doc(lines: list[str]) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Jobs\n"
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text and END in text:
-        before, _, rest = text.partition(BEGIN)
-        _, _, after = rest.partition(END)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -144,6 +133,8 @@ def main() -> int:
     per_job = 1 + args.steps * (args.heartbeats + 1)
     verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
     lines = [
+        "## Journal: orchestration workload (bench/jobs.py)",
+        "",
         f"Measured with `bench/jobs.py` on {os.cpu_count()} CPUs, {args.clients} clients, "
         f"{args.seconds:g} s per workload; a job is {per_job} commits "
         f"(register, {args.steps} steps x ({args.heartbeats} heart-beats + finish)).",
@@ -159,7 +150,7 @@ def main() -> int:
     ]
     print("\n".join(lines))
     if not args.no_doc:
-        write_doc(lines)
+        write_section(lines, BEGIN, END)
     return 0
 
 

@@ -33,10 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402
+
 from vms_adapter.client import JournalClient  # noqa: E402
 
 WORK = ROOT / "bench" / ".work"
-DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- journal-bench:begin -->", "<!-- journal-bench:end -->"
 PAYLOAD = "x" * 280  # with the keys around it, about 300 bytes per record
 START_DEADLINE_S = 60.0
@@ -383,19 +384,6 @@ def table(results: dict[str, dict[int, Result]], levels: list[int]) -> list[str]
     return rows
 
 
-def write_doc(section: list[str]) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = "\n".join([BEGIN, *section, END])
-    if BEGIN in text and END in text:
-        before, _, rest = text.partition(BEGIN)
-        _, _, after = rest.partition(END)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-
-
 def measure(
     system: str,
     levels: list[int],
@@ -512,7 +500,7 @@ def main() -> int:
             "write+fsync -> server thread -> client: about one fsync plus ~0.3 ms of Python and thread",
             "hand-offs. Figures move by +-30% between runs when other work shares the machine.",
         ]
-        write_doc(section)
+        write_section(section, BEGIN, END)
     return 0
 
 
