@@ -356,7 +356,7 @@ def test_state_file_keeps_services_across_a_host_restart(tmp_path: Path) -> None
         assert second.stop() == 0
 
 
-def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
+def test_a_step_process_killed_mid_run_loses_the_attempt_once_and_is_a_recorded_crash(
     backend: LocalBackend, host: Host, tmp_path: Path
 ) -> None:
     code = (
@@ -366,7 +366,9 @@ def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
     backend.ensure_step_service(python_step("crashy", code))
     command_pid = tmp_path / "first-pid"
     replies: list[httpx.Response] = []
-    request = threading.Thread(target=lambda: replies.append(step_run(host, "crashy", str(command_pid))))
+    request = threading.Thread(
+        target=lambda: replies.append(step_run(host, "crashy", str(command_pid), job="job-crash"))
+    )
     request.start()
 
     def busy_pid() -> int | None:
@@ -378,7 +380,13 @@ def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     request.join(30)
-    assert replies[0].status_code == 503  # retried by the router; the attempt is idempotent
+    # The attempt died with its process (as with a pod): delivered, not re-run; the journal's lease decides.
+    assert (replies[0].status_code, replies[0].content) == (202, b"")
+    first_command = command_pid.read_text()
+    command_pid.write_text("")
+    redelivered = step_run(host, "crashy", str(command_pid), job="job-crash")  # the same attempt again
+    assert redelivered.status_code == 202
+    assert command_pid.read_text() == ""  # ... did not run the command again
     wait_until(lambda: replicas(backend, "crashy") == 0, what="the dead process to be dropped")
     entry = backend.collect_diagnostics("job-crash", ["crashy"])["services"]["crashy"]
     assert entry["restarts"] == 1
@@ -386,7 +394,7 @@ def test_a_step_process_killed_mid_run_is_a_503_and_a_recorded_crash(
     assert entry["pods"][-1]["exitCode"] == -signal.SIGKILL
     # The next delivery starts a fresh process.
     # The command does not outlive its runtime (as in a container): gone well before its 3 s sleep ends.
-    orphan = Path(f"/proc/{command_pid.read_text()}")
+    orphan = Path(f"/proc/{first_command}")
     wait_until(lambda: not orphan.exists(), timeout=2.0, what="the crashed runtime's command to be killed")
     assert step_run(host, "crashy", str(tmp_path / "second-pid"), job="job-after-crash").status_code == 200
 

@@ -263,7 +263,8 @@ class HostRequestHandler(RequestHandler):
         try:
             reply = self._run(str(name), key, body)
         finally:
-            cached = reply if reply is not None and reply[0] == 200 else None
+            # A finished run (200) and a lost one (202) are final: a redelivery must not run it again.
+            cached = reply if reply is not None and reply[0] in (200, 202) else None
             cache.finish(key, cached)
         self._send(reply[0], reply[2], reply[1])
 
@@ -283,13 +284,24 @@ class HostRequestHandler(RequestHandler):
         failed = False
         try:
             response = self.server.client.post(process.url, headers=headers, content=body, timeout=timeout)
-        except httpx.HTTPError as error:
-            failed = True
+        except httpx.ConnectError as error:
+            failed = True  # the run never started: the router may deliver it again
             log.warning(
                 "step process did not answer",
                 extra={"service": name, "pod": process.pod, "error": repr(error)},
             )
             return _error_reply(HTTPStatus.SERVICE_UNAVAILABLE, f"step process {process.pod} did not answer")
+        except httpx.HTTPError as error:
+            # The process died with the run under way, as a pod dies with its container. Running the
+            # attempt again here would run the command twice behind the journal's back: the attempt is
+            # lost, its heart-beats stop, and the journal's lease decides what follows (a retry is a new
+            # attempt). 202 tells the router the delivery is done.
+            failed = True
+            log.warning(
+                "step process died mid-run: the attempt is lost and not run again",
+                extra={"service": name, "pod": process.pod, "attempt": key, "error": repr(error)},
+            )
+            return int(HTTPStatus.ACCEPTED), {}, b""
         finally:
             host.release(process, failed=failed)
         reply_headers = {
