@@ -48,12 +48,9 @@ import httpx
 
 from xpipe.backends.base import BackendError, InvalidSpec, NotFound, StepServiceSpec
 from xpipe.backends.local_pool import HostBusy, StepHost
-from xpipe.cloudevent_reader import read_cloudevent
-from xpipe.errors import MalformedEvent
-from xpipe.events import EXT_STEP, STEP_RUN
+from xpipe.events import EXT_STEP
 from xpipe.step import log as step_log
 from xpipe.step.handler import RequestHandler
-from xpipe.step.server import is_cloudevent_request
 
 log = logging.getLogger("xpipe.backends.local_host")
 
@@ -103,10 +100,6 @@ class HostRequestHandler(RequestHandler):
 
     def _json(self, status: int, document: Any) -> None:
         self._send(status, json.dumps(document).encode(), {"Content-Type": "application/json"})
-
-    def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps({"error": status.phrase, "message": message}).encode()
-        self._send(int(status), body, {"Content-Type": "application/json", **(headers or {})})
 
     def _body(self) -> bytes | None:
         try:
@@ -233,16 +226,8 @@ class HostRequestHandler(RequestHandler):
     # --- step.run ----------------------------------------------------------------------------------
 
     def _dispatch(self, body: bytes) -> None:
-        if not is_cloudevent_request(self.headers):
-            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not a CloudEvent (binary or structured mode)")
-            return
-        try:
-            event = read_cloudevent(dict(self.headers.items()), body)
-        except MalformedEvent as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
-            return
-        if event["type"] != STEP_RUN:
-            self._error(HTTPStatus.BAD_REQUEST, f"the step host takes only {STEP_RUN}, not {event['type']!r}")
+        event = self._step_run(body)
+        if event is None:
             return
         name = event.get(EXT_STEP)
         data = event.get_data()

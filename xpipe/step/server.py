@@ -9,20 +9,16 @@ health probes and a duplicate delivery answerable while a run is held open.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
-from typing import Any
 
 from cloudevents.conversion import to_binary
 from pydantic import ValidationError
 
-from xpipe.cloudevent_reader import read_cloudevent
-from xpipe.errors import MalformedEvent
-from xpipe.events import STEP_RUN, StepRun
+from xpipe.events import StepRun
 from xpipe.step.handler import RequestHandler
 from xpipe.step.runtime import RuntimeBusy, RuntimeDraining, StepRuntime
 
@@ -33,14 +29,6 @@ REQUEST_READ_TIMEOUT_SECONDS = 30.0
 BUSY_RETRY_AFTER_SECONDS = 1
 
 
-def is_cloudevent_request(headers: Any) -> bool:
-    """Binary mode (a `ce-specversion` header) or structured mode (`application/cloudevents+json`)."""
-    if headers.get("ce-specversion"):
-        return True
-    content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
-    return content_type == "application/cloudevents+json"
-
-
 class StepRequestHandler(RequestHandler):
     """Routes: `POST /` (step.run), `GET /health/liveness`, `GET /health/readiness`."""
 
@@ -48,12 +36,6 @@ class StepRequestHandler(RequestHandler):
     timeout = REQUEST_READ_TIMEOUT_SECONDS
 
     # --- plumbing ----------------------------------------------------------------------------------
-
-    def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps({"error": status.phrase, "message": message}).encode()
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        log.info("request refused", extra={"status": int(status), "reason": message[:300]})
-        self._send(int(status), body, all_headers)
 
     # --- routes ------------------------------------------------------------------------------------
 
@@ -107,18 +89,8 @@ class StepRequestHandler(RequestHandler):
         if path != "/":
             self._error(HTTPStatus.NOT_FOUND, f"no route for POST {path}")
             return
-        if not is_cloudevent_request(self.headers):
-            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not a CloudEvent (binary or structured mode)")
-            return
-        try:
-            event = read_cloudevent(dict(self.headers.items()), body)
-        except MalformedEvent as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
-            return
-        if event["type"] != STEP_RUN:
-            self._error(
-                HTTPStatus.BAD_REQUEST, f"unexpected event type {event['type']!r}; expected {STEP_RUN}"
-            )
+        event = self._step_run(body)
+        if event is None:
             return
         data = event.get_data()
         if not isinstance(data, dict):
