@@ -265,7 +265,7 @@ class Router:
 
     async def _deliver(self, trigger: Trigger, event: CloudEvent, ttl: int) -> None:
         spec = trigger.delivery
-        attempt = await self._send_with_retries(trigger.subscriber, event, spec, trigger.name)
+        attempt = await self._send_with_retries(trigger.subscriber, event, spec, trigger.name, ttl=ttl)
         if attempt.ok:
             self.stats["delivered"] += 1
             if attempt.reply is not None:
@@ -275,10 +275,12 @@ class Router:
         await self._dead_letter(trigger, event, attempt)
 
     async def _send_with_retries(
-        self, target: Target, event: CloudEvent, spec: DeliverySpec, who: str
+        self, target: Target, event: CloudEvent, spec: DeliverySpec, who: str, *, ttl: int | None = None
     ) -> Attempt:
         if target.broker is not None:  # a Broker as destination: straight into its ingress
-            self.accept(event, target.broker, internal=True)
+            # One hop less, as for a reply: a Trigger that feeds a Broker must not loop for ever.
+            hops_left = (ttl_of(event) if ttl is None else ttl) - 1
+            self.accept(event, target.broker, ttl=hops_left, internal=True)
             return Attempt(ok=True, retried=False)
         assert target.url is not None
         headers, body = encode_binary(event)
@@ -326,7 +328,8 @@ class Router:
             content = b"".join(chunks)
         status = resp.status_code
         if 200 <= status < 300:
-            if not content and not _looks_like_event(resp.headers):
+            # An empty 202 is never a reply, whatever headers come with it.
+            if not content and (status == 202 or not _looks_like_event(resp.headers)):
                 return Attempt(ok=True, retried=False, status=status)
             try:
                 return Attempt(
@@ -350,8 +353,9 @@ class Router:
         if failed.status is not None:
             facts["knativeerrorcode"] = failed.status
         if failed.body:
-            cut = failed.body.decode("utf-8", "replace")[:ERROR_DATA_MAX_CHARS]
-            facts["knativeerrordata"] = base64.b64encode(cut.encode()).decode()
+            # Cut the raw bytes so that their base64 is at most ERROR_DATA_MAX_CHARS characters.
+            cut = failed.body[: ERROR_DATA_MAX_CHARS // 4 * 3]
+            facts["knativeerrordata"] = base64.b64encode(cut).decode()
         where = dict(
             trigger=trigger.name, id=event["id"], type=event["type"], status=failed.status, error=failed.error
         )
