@@ -32,17 +32,21 @@ from typing import Any
 
 import httpx
 from cloudevents.conversion import to_binary
+from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from vms_adapter.client import JournalClient
 from vms_adapter.errors import TOO_LARGE, JournalError, Rejected
 from vms_adapter.server import cli as journal_cli
+from xpipe.config import catalog_location
 from xpipe.devstack.stack import StackLayout, up
+from xpipe.errors import XPipeError
 from xpipe.outbox import directive_event
-from xpipe.templates import BUILTIN_TEMPLATES_DIR, Catalog
+from xpipe.templates import Catalog
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -135,6 +139,15 @@ def _state_style(state: str) -> str:
     }.get(state, "")
 
 
+def _plain(value: Any) -> str:
+    """Text from a job or a step (names, reasons, output) shown literally, never read as rich markup."""
+    return escape(str(value))
+
+
+def _plain_json(value: Any) -> str:
+    return escape(json.dumps(value))
+
+
 def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="jobs")
     for column in ("job", "template", "state", "step", "registered", "by"):
@@ -142,12 +155,12 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
     for job in jobs:
         state = str(job.get("state", ""))
         table.add_row(
-            str(job.get("jobId")),
-            str(job.get("template", "")),
+            _plain(job.get("jobId")),
+            _plain(job.get("template", "")),
             f"[{_state_style(state)}]{state}[/]" if _state_style(state) else state,
-            str(job.get("currentStep") or ""),
+            _plain(job.get("currentStep") or ""),
             _time(job.get("registeredAt")),
-            str(job.get("requestedBy", "")),
+            _plain(job.get("requestedBy", "")),
         )
     return table
 
@@ -156,18 +169,18 @@ def _attempt_rows(
     table: Table, label: str, step: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]
 ) -> None:
     if not attempts:
-        table.add_row(label, str(step.get("status", "")), "", "", "", "", "")
+        table.add_row(label, _plain(step.get("status", "")), "", "", "", "", "")
     for attempt in attempts:
         progress = attempt.get("progress")
         table.add_row(
             label,
-            str(step.get("status", "")),
-            str(attempt.get("attempt", "")),
-            str(attempt.get("outcome") or ""),
-            str(attempt.get("heartbeats", ""))
+            _plain(step.get("status", "")),
+            _plain(attempt.get("attempt", "")),
+            _plain(attempt.get("outcome") or ""),
+            _plain(attempt.get("heartbeats", ""))
             + (f" ({progress:.0%})" if isinstance(progress, int | float) else ""),
             _time(attempt.get("lastHeartbeatAt")),
-            str(attempt.get("reason") or _last_line(attempt.get("summary"))),
+            _plain(attempt.get("reason") or _last_line(attempt.get("summary"))),
         )
 
 
@@ -180,16 +193,18 @@ def job_view(job: Mapping[str, Any]) -> Group:
     """A job as tables: its header, its steps with every attempt (compensations included)."""
     state = str(job.get("state", ""))
     header = Table.grid(padding=(0, 2))
-    header.add_row("job", str(job.get("jobId")), "template", str(job.get("template")))
-    header.add_row("state", f"[{_state_style(state)}]{state}[/]", "finished", str(bool(job.get("finished"))))
+    header.add_row("job", _plain(job.get("jobId")), "template", _plain(job.get("template")))
     header.add_row(
-        "requested by", str(job.get("requestedBy", "")), "params", json.dumps(job.get("params") or {})
+        "state", f"[{_state_style(state)}]{state}[/]", "finished", _plain(bool(job.get("finished")))
+    )
+    header.add_row(
+        "requested by", _plain(job.get("requestedBy", "")), "params", _plain_json(job.get("params") or {})
     )
     steps = Table(title="steps")
     for column in ("step", "status", "attempt", "outcome", "heart-beats", "last beat", "note"):
         steps.add_column(column)
     for step in job.get("steps") or []:
-        _attempt_rows(steps, str(step.get("name")), step, step.get("attempts") or [])
+        _attempt_rows(steps, _plain(step.get("name")), step, step.get("attempts") or [])
         compensation = step.get("compensation")
         if compensation:
             _attempt_rows(
@@ -199,7 +214,7 @@ def job_view(job: Mapping[str, Any]) -> Group:
     rollback = job.get("rollback")
     if rollback:
         parts.append(
-            f"rollback: {rollback.get('status')}  actions: {json.dumps(rollback.get('actions'))[:200]}"
+            f"rollback: {rollback.get('status')}  actions: {_plain_json(rollback.get('actions'))[:200]}"
         )
     diagnosis = job.get("diagnosis")
     if diagnosis:
@@ -207,7 +222,7 @@ def job_view(job: Mapping[str, Any]) -> Group:
             f"diagnosis: {diagnosis.get('status')}" + (" (report kept)" if diagnosis.get("report") else "")
         )
     if job.get("failure"):
-        parts.append(f"failure: {json.dumps(job.get('failure'))[:200]}")
+        parts.append(f"failure: {_plain_json(job.get('failure'))[:200]}")
     return Group(*parts)
 
 
@@ -223,7 +238,10 @@ def history_table(job: Mapping[str, Any]) -> Table:
             if k in ("step", "attempt", "outcome", "reason", "state", "exitCode")
         }
         table.add_row(
-            str(record.get("seq")), _time(record.get("time")), str(record.get("type")), json.dumps(brief)
+            _plain(record.get("seq")),
+            _time(record.get("time")),
+            _plain(record.get("type")),
+            _plain_json(brief),
         )
     return table
 
@@ -279,11 +297,8 @@ def _param_types(template: str) -> dict[str, str]:
 
 
 def _catalog() -> Catalog:
-    directory = Path(os.environ.get("XPIPE_TEMPLATES_DIR") or BUILTIN_TEMPLATES_DIR)
-    return Catalog.load(
-        directory,
-        max_revision_timeout_seconds=int(os.environ.get("XPIPE_MAX_REVISION_TIMEOUT_SECONDS", "600")),
-    )
+    directory, max_revision_timeout_seconds = catalog_location(os.environ)
+    return Catalog.load(directory, max_revision_timeout_seconds=max_revision_timeout_seconds)
 
 
 def submit_event(
@@ -319,7 +334,10 @@ def submit_event(
         raise CliError(f"submit at {settings.submit_url}: {type(exc).__name__}") from None
     if response.status_code != 200:
         raise CliError(f"submit refused ({response.status_code}): {response.text.strip()[:500]}")
-    reply = from_http(dict(response.headers), response.content)
+    try:
+        reply = from_http(dict(response.headers), response.content)
+    except GenericException as exc:
+        raise CliError(f"submit answered {response.status_code} without a CloudEvent reply: {exc}") from None
     data = reply.data
     if not isinstance(data, dict) or "jobId" not in data:
         raise CliError("submit answered without a job id")
@@ -528,11 +546,11 @@ def cmd_templates(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["name"],
-            ", ".join(row["steps"]),
-            ", ".join(row["params"]),
-            row["onFailure"],
-            row["description"],
+            _plain(row["name"]),
+            _plain(", ".join(row["steps"])),
+            _plain(", ".join(row["params"])),
+            _plain(row["onFailure"]),
+            _plain(row["description"]),
         )
     console.print(table)
     return EXIT_OK
@@ -649,6 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"xpipe: {exc}", file=sys.stderr)  # plain: an error line is never wrapped or styled
         return exc.code
+    except (XPipeError, OSError, ValueError) as exc:
+        # A bad catalog, setting or data directory: one precise line, not a traceback.
+        print(f"xpipe: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -151,6 +151,15 @@ def _ce_overrides(raw: str) -> dict[str, str]:
         raise ConfigurationError(str(exc)) from None
 
 
+def catalog_location(env: Mapping[str, str]) -> tuple[Path, int]:
+    """The template catalog's directory and the cluster's revision time-out limit (also read by the CLI)."""
+    templates_dir = env.get("XPIPE_TEMPLATES_DIR", "").strip()
+    limit = _integer(
+        env, "XPIPE_MAX_REVISION_TIMEOUT_SECONDS", DEFAULT_MAX_REVISION_TIMEOUT_SECONDS, minimum=1
+    )
+    return (Path(templates_dir) if templates_dir else BUILTIN_TEMPLATES_DIR), limit
+
+
 def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:
     """Read and check the environment; ``ConfigurationError`` names the first bad variable."""
     env = os.environ if environ is None else environ
@@ -163,7 +172,7 @@ def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:
     log_level = env.get("XPIPE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigurationError(f"XPIPE_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
-    templates_dir = env.get("XPIPE_TEMPLATES_DIR", "").strip()
+    templates_dir, max_revision_timeout_seconds = catalog_location(env)
     return FunctionConfig(
         journal_host=host,
         journal_port=port,
@@ -178,13 +187,11 @@ def load(environ: Mapping[str, str] | None = None) -> FunctionConfig:
         ),
         tokens_file=Path(_required(env, "XPIPE_TOKENS_FILE", "the YAML list of token digests")),
         sink=_sink(_required(env, "K_SINK", "where the function publishes directives (the broker)")),
-        templates_dir=Path(templates_dir) if templates_dir else BUILTIN_TEMPLATES_DIR,
+        templates_dir=templates_dir,
         backend="knative" if backend == "knative" else "local",
         ce_overrides=_ce_overrides(env.get("K_CE_OVERRIDES", "")),
         max_body_bytes=_integer(env, "XPIPE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, minimum=1024),
-        max_revision_timeout_seconds=_integer(
-            env, "XPIPE_MAX_REVISION_TIMEOUT_SECONDS", DEFAULT_MAX_REVISION_TIMEOUT_SECONDS, minimum=1
-        ),
+        max_revision_timeout_seconds=max_revision_timeout_seconds,
         max_in_flight=_integer(env, "XPIPE_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, minimum=1),
         publish_timeout_seconds=_number(
             env, "XPIPE_PUBLISH_TIMEOUT_SECONDS", DEFAULT_PUBLISH_TIMEOUT_SECONDS, minimum=0.05

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from xpipe.cli import CliError, Settings, main, parse_params
+from xpipe.cli import CliError, Settings, jobs_table, main, parse_params
 
 
 def test_params_take_the_template_types_and_json_on_request() -> None:
@@ -65,3 +66,31 @@ def test_journal_verify_delegates_to_xpipe_journal(
 ) -> None:
     assert main(["journal", "verify", str(tmp_path / "missing")]) == 1
     assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("XPIPE_TEMPLATES_DIR", "/nonexistent/templates", "/nonexistent/templates"),
+        ("XPIPE_MAX_REVISION_TIMEOUT_SECONDS", "abc", "XPIPE_MAX_REVISION_TIMEOUT_SECONDS='abc'"),
+    ],
+)
+def test_a_bad_catalog_setting_is_one_precise_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["templates"]) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_text_from_jobs_is_shown_literally_not_read_as_markup() -> None:
+    console = Console(width=200, record=True)
+    job = {"jobId": "j-1", "template": "t", "state": "RUNNING", "requestedBy": "x:[/oops]"}
+    console.print(jobs_table([job]))
+    assert "x:[/oops]" in console.export_text()

@@ -122,7 +122,7 @@ class RunningStack:
         self._reader.start()
         try:
             self.wait_line(r"^ready$", timeout_s)
-        except DevstackError:
+        except BaseException:  # Ctrl-C included: `xpipe up` runs in its own session, nothing else stops it
             self.stop()
             raise
         return self
