@@ -3,12 +3,14 @@ affecting others, authentication is mutual, TLS works. Each test talks to a real
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -236,6 +238,62 @@ def test_a_silent_client_is_cut_off_without_affecting_others(journal: JournalSer
             raw.close()
 
 
+def test_a_client_that_never_reads_its_replies_is_cut_off_without_affecting_others(
+    journal: JournalServer,
+) -> None:
+    """Pipelined requests whose replies are never read: the service stops reading that connection once
+    its unsent replies reach their bound, keeps serving everyone else, and cuts it off when its send
+    has made no progress for the frame time-out."""
+    greedy = RawConnection(journal)
+    try:
+        greedy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.sock.setblocking(False)
+        ping = protocol.encode_frame(Opcode.PING, 7, {})
+        sent, deadline = 0, time.monotonic() + RAW_TIMEOUT_S
+        while time.monotonic() < deadline:  # until the service stops reading (our send buffer fills)
+            try:
+                sent += greedy.sock.send(ping * 512)
+            except BlockingIOError:
+                break
+            except OSError:
+                break  # already cut off
+        assert sent > 0
+        with journal.client() as observer:
+            assert observer.commit(None, [{"type": "x-a"}], idempotency_key="while-greedy").seq > 0
+            # The observer's own connection is the only other one: wait for the greedy one to be dropped.
+            deadline = time.monotonic() + RAW_TIMEOUT_S
+            while observer.stats()["connections"] > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert observer.stats()["connections"] == 1
+            assert observer.commit(None, [{"type": "x-a"}], idempotency_key="after-greedy").seq > 0
+    finally:
+        greedy.close()
+
+
+def test_concurrent_commits_share_fsyncs(journal: JournalServer) -> None:
+    """Group commit: commits that arrive together are made durable by one write and one fsync."""
+    raws = [RawConnection(journal) for _ in range(8)]
+    try:
+        with journal.client() as client:
+            before = client.stats()
+        for round_ in range(5):
+            for index, raw in enumerate(raws):
+                body = {"idempotencyKey": f"g{round_}-{index}", "records": [{"type": "x-a"}]}
+                raw.sock.sendall(protocol.encode_frame(Opcode.COMMIT, 1, body))
+            for raw in raws:
+                reply = raw.read()
+                assert not reply.is_error, reply.body
+        with journal.client() as client:
+            after = client.stats()
+        assert after["lastSeq"] - before["lastSeq"] == 40
+        assert after["writerTransactions"] - before["writerTransactions"] == 40
+        assert after["groups"] - before["groups"] < 40
+        assert after["fsyncs"] - before["fsyncs"] == after["groups"] - before["groups"]
+    finally:
+        for raw in raws:
+            raw.close()
+
+
 def test_an_oversized_frame_is_refused_before_its_body_is_read(journal: JournalServer) -> None:
     raw = RawConnection(journal)
     try:
@@ -388,6 +446,23 @@ def test_peers_that_reset_right_after_connecting_do_not_stop_a_tls_service(
         assert client.commit(None, [{"type": "x-a"}], idempotency_key="after-resets").seq == 1
     assert server.proc.poll() is None
     assert server.stop() == 0
+
+
+def test_a_tls_peer_that_never_finishes_its_handshake_is_cut_off(
+    tmp_path: Path, servers: list[JournalServer]
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = start(tmp_path / "j", "--tls-cert", str(cert), "--tls-key", str(key))
+    servers.append(server)
+    silent = socket.create_connection((server.host, server.port), timeout=RAW_TIMEOUT_S)
+    try:
+        silent.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        with server.client(tls=ssl.create_default_context(cafile=str(cert))) as client:
+            assert client.commit(None, [{"type": "x-a"}], idempotency_key="beside-silent").seq == 1
+        with contextlib.suppress(ConnectionResetError):  # EOF or a reset: either way, cut off
+            assert silent.recv(1) == b""
+    finally:
+        silent.close()
 
 
 def test_tls_round_trip_with_authentication(tmp_path: Path, servers: list[JournalServer]) -> None:

@@ -1,4 +1,4 @@
-"""Storage, in process: the real Journal, writer thread and reader on real files (no sockets).
+"""Storage, in process: the real Journal, group commit and reader on real files (no sockets).
 
 Torn tails are checked at every byte offset and bit flips at every bit, on bytes, which is what makes
 "every offset" affordable; test_journal_recovery.py repeats the important cases against real restarts.
@@ -25,18 +25,17 @@ from vms_adapter.server.journal import Journal, StorageOptions
 from vms_adapter.server.model import Record
 from vms_adapter.server.open_model import OpenModel
 from vms_adapter.server.state import JournalState
-from vms_adapter.server.writer import CommitRequest, CommitWriter, IncomingRecord
+from vms_adapter.server.writer import CommitRequest, GroupCommit, IncomingRecord
 
 TIMEOUT_S = 10.0
 
 
 class Running:
-    """A journal opened in process with its writer thread."""
+    """A journal opened in process with its group commit (each commit its own group)."""
 
     def __init__(self, path: Path, **options: Any) -> None:
         self.journal = Journal.open(str(path), OpenModel, StorageOptions(**options))
-        self.writer = CommitWriter(self.journal)
-        self.writer.start()
+        self.writer = GroupCommit(self.journal)
 
     def commit(
         self, key: str, job_id: str | None = None, *types: str, expected: int | None = None
@@ -44,10 +43,9 @@ class Running:
         records = [
             IncomingRecord(type=t, data={"key": key, "part": i}) for i, t in enumerate(types or ("x-a",))
         ]
-        return self.writer.submit(CommitRequest(job_id, key, expected, records), TIMEOUT_S)
+        return self.writer.commit_now(CommitRequest(job_id, key, expected, records))
 
     def close(self) -> None:
-        self.writer.stop()
         self.journal.close()
 
 
@@ -212,9 +210,7 @@ def test_a_last_transaction_whose_final_sectors_are_zeros_is_a_torn_tail(tmp_pat
     Before: the CRC mismatch made that corruption, and an ordinary crash stopped start-up (exit 2)."""
     first = Running(tmp_path / "j")
     first.commit("k1", None, "x-a")
-    first.writer.submit(
-        CommitRequest(None, "k2", None, [IncomingRecord("x-a", {"pad": "p" * 3000})]), TIMEOUT_S
-    )
+    first.writer.commit_now(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {"pad": "p" * 3000})]))
     first.close()
     name, data = segment_bytes(tmp_path / "j")
     kept_end = transaction_ends(data, name)[0]
@@ -327,15 +323,16 @@ def test_a_record_the_encoder_cannot_nest_is_refused_without_stopping_the_journa
         data = {"a": data}
     deep = CommitRequest(None, "deep", None, [IncomingRecord("x-a", data)])
     with pytest.raises(JournalError) as caught:
-        running.writer.submit(deep, TIMEOUT_S)
+        running.writer.commit_now(deep)
     assert caught.value.code == "INTERNAL"
     assert running.journal.failed is None
     assert running.commit("after")["seq"] == 1
 
 
-def test_a_failure_between_groups_stops_the_journal_instead_of_killing_the_writer(tmp_path: Path) -> None:
+def test_a_failure_between_groups_stops_the_journal(tmp_path: Path) -> None:
     """Before: an exception other than StorageFailure in after_group (here a snapshot the model cannot
-    dump) ended the writer thread silently; every later commit waited out its time-out, for ever."""
+    dump) ended the writer thread silently; every later commit waited out its time-out, for ever. It
+    must be a fail-stop like a storage failure."""
 
     class UndumpableModel(OpenModel):
         def dump_state(self) -> dict[str, Any]:
@@ -343,26 +340,26 @@ def test_a_failure_between_groups_stops_the_journal_instead_of_killing_the_write
 
     stopped: list[str] = []
     journal = Journal.open(str(tmp_path / "j"), UndumpableModel, StorageOptions(snapshot_every=1))
-    writer = CommitWriter(journal, on_fatal=stopped.append)
-    writer.start()
+    writer = GroupCommit(journal, on_fatal=stopped.append)
     try:
         first = CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})])
-        assert writer.submit(first, TIMEOUT_S)["seq"] == 1
+        assert writer.commit_now(first)["seq"] == 1
         with pytest.raises(JournalUnavailable, match="stopping"):  # not "did not complete within"
-            writer.submit(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+            writer.commit_now(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]))
         assert len(stopped) == 1
         assert "state cannot be dumped" in stopped[0]
-        assert writer.stop(TIMEOUT_S), "the writer thread has ended"
+        with pytest.raises(JournalUnavailable, match="stopping"):  # and it stays stopped
+            writer.commit_now(CommitRequest(None, "k3", None, [IncomingRecord("x-a", {})]))
     finally:
-        writer.stop()
         journal.close()
 
 
-def test_a_shutdown_that_outlasts_the_writer_grace_takes_no_snapshot_of_undurable_state(
+def test_a_shutdown_that_outlasts_the_loop_grace_takes_no_snapshot_of_undurable_state(
     tmp_path: Path,
 ) -> None:
     """Before: after the grace period the main thread snapshotted and closed the journal while the writer
-    was still between evolve and fsync; the snapshot held a record that never became durable."""
+    was still between evolve and fsync; the snapshot held a record that never became durable. Here the
+    service loop thread is stuck staging a transaction."""
     inside, release = threading.Event(), threading.Event()
 
     class SlowModel(OpenModel):
@@ -374,24 +371,23 @@ def test_a_shutdown_that_outlasts_the_writer_grace_takes_no_snapshot_of_undurabl
 
     path = str(tmp_path / "j")
     journal = Journal.open(path, SlowModel, StorageOptions())
-    writer = CommitWriter(journal)
-    writer.start()
-    job = writer.submit(CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)["jobId"]
+    writer = GroupCommit(journal)
+    job = writer.commit_now(CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})]))["jobId"]
     slow = threading.Thread(
-        target=writer.submit, args=(CommitRequest(job, "k2", None, [IncomingRecord("x-slow", {})]), TIMEOUT_S)
+        target=writer.commit_now, args=(CommitRequest(job, "k2", None, [IncomingRecord("x-slow", {})]),)
     )
     slow.start()
     try:
         assert inside.wait(TIMEOUT_S)
         err = io.StringIO()
-        code = service.shut_down(journal, writer, lambda _s: None, [], err=err, grace_s=0.2)
+        code = service.shut_down(journal, slow, [], err=err, grace_s=0.2)
         assert code == service.EXIT_STORAGE_FAILED
         assert "did not finish" in err.getvalue()
         assert snapshots.list_snapshots(path) == []
     finally:
         release.set()
         slow.join(TIMEOUT_S)
-    assert writer.stop(TIMEOUT_S)
+    assert not slow.is_alive()
     journal.close()
     reopened = Journal.open(path, OpenModel, StorageOptions())
     try:
@@ -424,18 +420,16 @@ def test_a_directory_fsync_that_fails_is_not_ignored(tmp_path: Path, monkeypatch
     reader.fsync_directory(str(tmp_path))  # "not supported here" stays a no-op
     stopped: list[str] = []
     journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions(segment_bytes=64))
-    writer = CommitWriter(journal, on_fatal=stopped.append)
-    writer.start()
+    writer = GroupCommit(journal, on_fatal=stopped.append)
     try:
         monkeypatch.setattr(os, "fsync", _fsync_failing_on_directories(errno.EIO))
         first = CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})])
-        assert writer.submit(first, TIMEOUT_S)["seq"] == 1  # durable in the first segment; then the cut fails
+        assert writer.commit_now(first)["seq"] == 1  # durable in the first segment; then the cut fails
         with pytest.raises(JournalUnavailable, match="stopping"):
-            writer.submit(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+            writer.commit_now(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]))
         assert len(stopped) == 1
         assert "cannot create segment" in stopped[0]
     finally:
-        writer.stop()
         journal.close()
 
 
@@ -505,24 +499,22 @@ def test_salvage_makes_the_moved_aside_copy_durable_before_cutting_the_segment(
 def test_a_failed_write_stops_the_journal_and_nothing_is_acknowledged_after_it(tmp_path: Path) -> None:
     stopped: list[str] = []
     journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
-    writer = CommitWriter(journal, on_fatal=stopped.append)
-    writer.start()
+    writer = GroupCommit(journal, on_fatal=stopped.append)
     try:
         request = CommitRequest(None, "k1", None, [IncomingRecord("x-a", {})])
-        assert writer.submit(request, TIMEOUT_S)["seq"] == 1
+        assert writer.commit_now(request)["seq"] == 1
         fd = journal.segments._fd
         assert fd is not None
         os.close(fd)  # the next write fails with a real EBADF from the kernel
         with pytest.raises(JournalUnavailable):
-            writer.submit(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+            writer.commit_now(CommitRequest(None, "k2", None, [IncomingRecord("x-a", {})]))
         assert stopped
         assert "write or fsync" in stopped[0]
         with pytest.raises(JournalUnavailable):
-            writer.submit(CommitRequest(None, "k3", None, [IncomingRecord("x-a", {})]), TIMEOUT_S)
+            writer.commit_now(CommitRequest(None, "k3", None, [IncomingRecord("x-a", {})]))
         with pytest.raises(JournalUnavailable):
             journal.read_job("j-00000001")
     finally:
-        writer.stop()
         journal.segments._fd = None
         journal.close()
     reopened = Running(tmp_path / "j")

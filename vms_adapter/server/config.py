@@ -32,8 +32,6 @@ class ServerConfig:
     max_connections: int = 256
     idle_timeout_s: float = 300.0
     frame_timeout_s: float = 10.0
-    commit_timeout_s: float = 30.0
-    max_queue: int = 10_000
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     key_retention_s: float = DEFAULT_KEY_RETENTION_S
@@ -84,8 +82,6 @@ def add_server_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
     parser.add_argument("--max-connections", type=_positive(int), default=default("MAX_CONNECTIONS", 256))
     parser.add_argument("--idle-timeout", type=_positive(float), default=default("IDLE_TIMEOUT", 300.0))
     parser.add_argument("--frame-timeout", type=_positive(float), default=default("FRAME_TIMEOUT", 10.0))
-    parser.add_argument("--commit-timeout", type=_positive(float), default=default("COMMIT_TIMEOUT", 30.0))
-    parser.add_argument("--max-queue", type=_positive(int), default=default("MAX_QUEUE", 10_000))
     parser.add_argument(
         "--segment-bytes", type=_positive(int), default=default("SEGMENT_BYTES", DEFAULT_SEGMENT_BYTES)
     )
@@ -126,8 +122,6 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         max_connections=int(args.max_connections),
         idle_timeout_s=float(args.idle_timeout),
         frame_timeout_s=float(args.frame_timeout),
-        commit_timeout_s=float(args.commit_timeout),
-        max_queue=int(args.max_queue),
         segment_bytes=int(args.segment_bytes),
         snapshot_every=int(args.snapshot_every),
         key_retention_s=float(args.key_retention),

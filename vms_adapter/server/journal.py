@@ -2,8 +2,9 @@
 
 This ties the storage modules together and follows the seam in ``model.py``: a transaction is staged
 (seqs assigned, records encoded, ``model.evolve`` run, storage state folded, commit marker encoded) by
-the writer thread while it holds ``lock``; the same lock is held until the group's fsync returned, and
-every read takes it, so no reader sees a record that is not yet durable.
+the group commit. Only the service's loop thread touches a journal (no locks): it stages a round's
+transactions, reads may see them, and no reply of that round leaves before the group's fsync returned,
+so no client learns of a record that is not yet durable.
 
 Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 """
@@ -64,7 +65,7 @@ def _lock_directory(data_dir: str) -> Any:
 
 
 class Journal:
-    """State plus storage; mutated only by the writer thread, read by connection threads under ``lock``."""
+    """State plus storage, owned by one thread (the service loop; see the module docstring)."""
 
     def __init__(self, data_dir: str, model: JobModel, options: StorageOptions) -> None:
         self.data_dir = data_dir
@@ -72,7 +73,6 @@ class Journal:
         self.options = options
         self.state = JournalState()
         self.segments = SegmentWriter(data_dir, segment_bytes=options.segment_bytes)
-        self.lock = threading.Lock()
         self.failed: str | None = None
         self.started = time.time()
         self.recovery: list[str] = []
@@ -143,7 +143,7 @@ class Journal:
             self.model.evolve(record)
         self.state.apply(tx.records, tx.marker)
 
-    # -- the writer thread's side ----------------------------------------------------------------------
+    # -- the group commit's side ----------------------------------------------------------------------
 
     def check_open(self) -> None:
         if self.failed is not None:
@@ -160,8 +160,8 @@ class Journal:
     ) -> tuple[list[Record], dict[str, Any] | None, bytes]:
         """Turn decided records into a staged transaction: (records, reply, bytes to append).
 
-        Must run in the writer thread holding ``lock``. Before the first ``evolve`` a problem is an
-        ordinary error (nothing changed); after it, a problem is a ``StorageFailure`` (fail-stop).
+        Before the first ``evolve`` a problem is an ordinary error (nothing changed); after it, a
+        problem is a ``StorageFailure`` (fail-stop).
         """
         for item in new_records:
             if not (
@@ -200,7 +200,7 @@ class Journal:
             self.take_snapshot(background=True)
 
     def take_snapshot(self, *, background: bool) -> None:
-        """Serialize state now (writer thread, consistent with the segment position); write it durably."""
+        """Serialize state now (between groups, consistent with the segment position); write it durably."""
         if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
             if background:
                 return  # the previous one is still being written; try again after the next group
@@ -245,50 +245,47 @@ class Journal:
             self._dir_lock.close()
             self._dir_lock = None
 
-    # -- reads (connection threads) -------------------------------------------------------------------
+    # -- reads -------------------------------------------------------------------
 
     def read_job(self, job_id: str) -> dict[str, Any]:
-        with self.lock:
-            self.check_open()
-            try:
-                view = self.model.job_view(job_id)
-            except ModelRejection as exc:
-                raise rejection(exc) from None
-            if view is None:
-                raise Rejected(f"no job {job_id!r}", code=NOT_FOUND, details={"jobId": job_id})
-            result = dict(view)
-            result["version"] = self.state.version(job_id)
-            return result
+        self.check_open()
+        try:
+            view = self.model.job_view(job_id)
+        except ModelRejection as exc:
+            raise rejection(exc) from None
+        if view is None:
+            raise Rejected(f"no job {job_id!r}", code=NOT_FOUND, details={"jobId": job_id})
+        result = dict(view)
+        result["version"] = self.state.version(job_id)
+        return result
 
     def list_jobs(self, filters: dict[str, Any], after: str | None, limit: int) -> dict[str, Any]:
-        with self.lock:
-            self.check_open()
-            try:
-                jobs, cursor = self.model.list_jobs(filters, after, limit)
-            except ModelRejection as exc:
-                raise rejection(exc) from None
-            page = []
-            for summary in jobs:
-                item = dict(summary)
-                job_id = item.get("jobId")
-                if isinstance(job_id, str):
-                    item["version"] = self.state.version(job_id)
-                page.append(item)
-            return {"jobs": page, "next": cursor}
+        self.check_open()
+        try:
+            jobs, cursor = self.model.list_jobs(filters, after, limit)
+        except ModelRejection as exc:
+            raise rejection(exc) from None
+        page = []
+        for summary in jobs:
+            item = dict(summary)
+            job_id = item.get("jobId")
+            if isinstance(job_id, str):
+                item["version"] = self.state.version(job_id)
+            page.append(item)
+        return {"jobs": page, "next": cursor}
 
     def stats(self) -> dict[str, Any]:
-        with self.lock:
-            self.check_open()
-            return {
-                "lastSeq": self.state.last_seq,
-                "transactions": self.state.transactions,
-                "jobs": len(self.state.versions),
-                "idempotencyKeys": len(self.state.keys),
-                "segment": self.segments.name,
-                "segmentOffset": self.segments.offset,
-                "segments": len(reader.list_segments(self.data_dir)),
-                "snapshotSeq": self.snapshot_seq,
-                "bytesWritten": self.segments.bytes_written,
-                "fsyncs": self.segments.fsyncs,
-                "uptimeS": round(time.time() - self.started, 3),
-            }
+        self.check_open()
+        return {
+            "lastSeq": self.state.last_seq,
+            "transactions": self.state.transactions,
+            "jobs": len(self.state.versions),
+            "idempotencyKeys": len(self.state.keys),
+            "segment": self.segments.name,
+            "segmentOffset": self.segments.offset,
+            "segments": len(reader.list_segments(self.data_dir)),
+            "snapshotSeq": self.snapshot_seq,
+            "bytesWritten": self.segments.bytes_written,
+            "fsyncs": self.segments.fsyncs,
+            "uptimeS": round(time.time() - self.started, 3),
+        }

@@ -1,8 +1,9 @@
 """Operation dispatch: validate a request body precisely, run it, build the reply body.
 
-Every check happens before anything is queued, so a bad request changes nothing. Unknown keys are
+Every check happens before anything is staged, so a bad request changes nothing. Unknown keys are
 refused (a misspelt ``expectedVersion`` must not silently skip the concurrency check). Errors are the
-typed exceptions of ``vms_adapter.errors``; the TCP front turns them into error replies.
+typed exceptions of ``vms_adapter.errors``; the TCP front turns them into error replies. A write's
+reply is only valid once the group it was staged into is durable: the front holds every reply until then.
 
 Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from vms_adapter.errors import BAD_REQUEST, UNKNOWN_OPERATION, ProtocolError, Rejected
 from vms_adapter.protocol import Opcode
 from vms_adapter.server.journal import Journal
-from vms_adapter.server.writer import AckRequest, CommitRequest, CommitWriter, IncomingRecord, SweepRequest
+from vms_adapter.server.writer import AckRequest, CommitRequest, GroupCommit, IncomingRecord, SweepRequest
 
 MAX_ID_CHARS = 128
 MAX_TYPE_CHARS = 128
@@ -121,15 +122,13 @@ class Operations:
     def __init__(
         self,
         journal: Journal,
-        writer: CommitWriter,
+        writer: GroupCommit,
         *,
-        commit_timeout_s: float = 30.0,
         service_stats: Callable[[], dict[str, Any]] | None = None,
         allow_clock_override: bool = False,
     ) -> None:
         self.journal = journal
         self.writer = writer
-        self.commit_timeout_s = commit_timeout_s
         self.allow_clock_override = allow_clock_override
         self.service_stats = service_stats or dict
         self._handlers: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -160,7 +159,7 @@ class Operations:
             else _int(expected, "expectedVersion", minimum=0, maximum=2**53),
             records=_records(body.get("records")),
         )
-        return self.writer.submit(request, self.commit_timeout_s)
+        return self.writer.stage(request)
 
     def read_job(self, body: dict[str, Any]) -> dict[str, Any]:
         _only_keys(body, ("jobId",), "READ_JOB")
@@ -193,7 +192,7 @@ class Operations:
             now=None if now is None else _number(now, "now"),
             redelivery_after_s=_number(redelivery, "redeliveryAfter"),
         )
-        return self.writer.submit(request, self.commit_timeout_s)
+        return self.writer.stage(request)
 
     def ack(self, body: dict[str, Any]) -> dict[str, Any]:
         _only_keys(body, ("ids",), "ACK")
@@ -201,7 +200,7 @@ class Operations:
         if not isinstance(ids, list) or not ids or len(ids) > MAX_ACK_IDS:
             raise _bad(f"ids must be an array of 1 to {MAX_ACK_IDS} directive ids", field="ids")
         checked = [_text(item, f"ids[{i}]", MAX_KEY_CHARS) for i, item in enumerate(ids)]
-        return self.writer.submit(AckRequest(ids=checked), self.commit_timeout_s)
+        return self.writer.stage(AckRequest(ids=checked))
 
     def stats(self, body: dict[str, Any]) -> dict[str, Any]:
         _only_keys(body, (), "STATS")

@@ -1,4 +1,4 @@
-"""Assembly of the journal service: model, journal, writer, operations, TCP front; start and stop.
+"""Assembly of the journal service: model, journal, group commit, operations, TCP front; start and stop.
 
 Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 """
@@ -10,7 +10,6 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import TextIO
 
@@ -22,7 +21,7 @@ from vms_adapter.server.model import JobModel
 from vms_adapter.server.operations import Operations
 from vms_adapter.server.reader import CorruptJournal
 from vms_adapter.server.segments import StorageFailure
-from vms_adapter.server.writer import CommitWriter
+from vms_adapter.server.writer import GroupCommit
 
 log = logging.getLogger("xpipe.journal")
 
@@ -31,6 +30,7 @@ EXIT_CONFIG = 1
 EXIT_CORRUPT = 2
 EXIT_STORAGE_FAILED = 3
 SHUTDOWN_GRACE_S = 10.0
+MAIN_WAKE_S = 0.5  # how often the waiting main thread looks whether the loop thread is still alive
 
 
 def build_model() -> JobModel:
@@ -41,6 +41,8 @@ def build_model() -> JobModel:
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Renegotiation would let a write wait for a read on the loop's non-blocking sockets.
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.load_cert_chain(cert, key)
     return context
 
@@ -84,16 +86,9 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
         fatal.append(reason)
         stopping.set()
 
-    writer = CommitWriter(journal, max_queue=config.max_queue, on_fatal=on_fatal)
-    writer.start()
-    front: JournalFront | None = None
+    writer = GroupCommit(journal, on_fatal=on_fatal)
+    operations = Operations(journal, writer, allow_clock_override=config.allow_clock_override)
     try:
-        operations = Operations(
-            journal,
-            writer,
-            commit_timeout_s=config.commit_timeout_s,
-            allow_clock_override=config.allow_clock_override,
-        )
         front = JournalFront(
             operations,
             host=config.host,
@@ -105,47 +100,52 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
             frame_timeout_s=config.frame_timeout_s,
             stopping=stopping,
         )
-        operations.service_stats = front.stats
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 -- signal handler signature
-            stopping.set()
-
-        for name in ("SIGTERM", "SIGINT"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), on_signal)
-        host, port = front.address
-        print(f"listening on {host}:{port}", file=out, flush=True)
-        front.serve_until_stopped()
     except OSError as exc:
         print(f"xpipe-journal: cannot listen on {config.host}:{config.port}: {exc}", file=err)
-        writer.stop()
         journal.close()
         return EXIT_CONFIG
-    return shut_down(journal, writer, front.close_connections, fatal, err=err)
+    operations.service_stats = front.stats
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 -- signal handler signature
+        stopping.set()
+
+    for name in ("SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
+    loop = threading.Thread(target=front.serve_until_stopped, name="journal-loop", daemon=True)
+    loop.start()
+    host, port = front.address
+    print(f"listening on {host}:{port}", file=out, flush=True)
+    while loop.is_alive() and not stopping.wait(MAIN_WAKE_S):
+        pass  # the main thread only waits, so that signals are handled promptly
+    code = shut_down(journal, loop, fatal, err=err)
+    if front.failure is not None and code == EXIT_OK:
+        print(f"xpipe-journal: stopped: {front.failure}", file=err)
+        return EXIT_STORAGE_FAILED
+    return code
 
 
 def shut_down(
     journal: Journal,
-    writer: CommitWriter,
-    close_connections: Callable[[float], None],
+    loop: threading.Thread,
     fatal: list[str],
     *,
     err: TextIO,
     grace_s: float = SHUTDOWN_GRACE_S,
 ) -> int:
-    """Finish queued commits, close connections, snapshot and close the journal; the exit code.
+    """Wait for the loop to answer what it received and close its connections; snapshot; the exit code.
 
-    The snapshot and ``journal.close`` run only once the writer thread has ended: a writer still inside a
+    The snapshot and ``journal.close`` run only once the loop thread has ended: a loop still inside a
     write or fsync after the grace period may be between ``evolve`` and its fsync, so a snapshot then
     would record state that is not durable, and closing the segment under it could hand its file
     descriptor to another file. Then the service exits without them (the segments are authoritative).
     """
-    log.info("stopping: finishing queued commits")
-    drained = writer.stop(grace_s)
-    close_connections(grace_s)
-    if not drained:
+    log.info("stopping: finishing the current group")
+    loop.join(grace_s)
+    if loop.is_alive():
         print(
-            f"xpipe-journal: the writer did not finish within {grace_s:g} s; stopped without a snapshot",
+            f"xpipe-journal: the service loop did not finish within {grace_s:g} s; "
+            "stopped without a snapshot",
             file=err,
         )
         return EXIT_STORAGE_FAILED

@@ -1,32 +1,22 @@
-"""The single writer thread: group commit of COMMIT, SWEEP and ACK transactions.
+"""Group commit of COMMIT, SWEEP and ACK transactions: decide and stage each, then one write and one fsync.
 
-Connection threads queue a request and wait. The writer takes everything queued (up to
-``MAX_GROUP``), and under the journal lock decides and stages each transaction in turn (so each is
-decided against the state its predecessors left), appends the whole group with ONE write and ONE
-fsync, releases the lock and only then answers. Whatever arrives during that fsync forms the next
-group, so the fsync cost is shared by every transaction waiting for it. When fewer transactions are
-waiting than the previous group had, the writer lingers for a fraction of an fsync so that the clients
-just answered can join (like PostgreSQL's ``commit_delay``, but adaptive and off for a lone client).
-
-A ``StorageFailure`` stops the writer for good: every waiting and later request is answered
-``UNAVAILABLE`` and ``on_fatal`` tells the service to exit.
+Each transaction is decided against the state its predecessors in the group left (idempotency key,
+expected version, the job model's ``decide``), staged (seqs assigned, records encoded, state folded),
+and only acknowledged once the group's fsync has returned.
 
 Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vms_adapter.errors import (
     INTERNAL,
-    OVERLOADED,
     Conflict,
     JournalError,
     JournalUnavailable,
@@ -37,10 +27,6 @@ from vms_adapter.server.segments import StorageFailure
 
 log = logging.getLogger("xpipe.journal.writer")
 
-MAX_GROUP = 512  # transactions per write+fsync; bounds the latency a group adds
-LINGER_FRACTION = 0.5  # of the last group's write+fsync time, at most MAX_LINGER_S
-MAX_LINGER_S = 0.002
-
 
 @dataclass(frozen=True)
 class IncomingRecord:
@@ -49,34 +35,6 @@ class IncomingRecord:
     type: str
     data: dict[str, Any]
     job_id: str | None = None
-
-
-class Pending:
-    """A queued request's outcome, set once by the writer thread.
-
-    A plain lock, held from creation until the outcome is set, is the cheapest hand-off CPython has:
-    the waiting connection thread wakes directly on its release.
-    """
-
-    __slots__ = ("_done", "_error", "_result")
-
-    def __init__(self) -> None:
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._result: dict[str, Any] | None = None
-        self._error: BaseException | None = None
-
-    def resolve(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
-        self._result, self._error = result, error
-        self._done.release()
-
-    def wait(self, timeout_s: float) -> dict[str, Any]:
-        if not self._done.acquire(timeout=timeout_s):
-            raise JournalUnavailable(f"the journal did not complete the request within {timeout_s:g} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
 
 
 def _model_failure(exc: Exception) -> JournalError:
@@ -102,7 +60,6 @@ class CommitRequest:
     key: str
     expected_version: int | None
     records: Sequence[IncomingRecord]
-    pending: Pending = field(default_factory=Pending)
 
     def apply(self, journal: Journal, now: float) -> tuple[dict[str, Any], bytes]:
         state, model = journal.state, journal.model
@@ -145,7 +102,6 @@ class SweepRequest:
 
     now: float | None
     redelivery_after_s: float
-    pending: Pending = field(default_factory=Pending)
 
     def apply(self, journal: Journal, now: float) -> tuple[dict[str, Any], bytes]:
         model_now = now if self.now is None else self.now
@@ -168,7 +124,6 @@ class AckRequest:
     """ACK: commit the model's records marking these outbox entries delivered."""
 
     ids: Sequence[str]
-    pending: Pending = field(default_factory=Pending)
 
     def apply(self, journal: Journal, now: float) -> tuple[dict[str, Any], bytes]:
         new = _ask_model(lambda: journal.model.acknowledge(self.ids, now))
@@ -180,142 +135,109 @@ class AckRequest:
 
 
 WriteRequest = CommitRequest | SweepRequest | AckRequest
-_STOP = object()
 
 
-class CommitWriter:
-    """Owns the queue and the writer thread."""
+class GroupCommit:
+    """Stages transactions into the open group and makes the group durable with ONE write and ONE fsync.
 
-    def __init__(
-        self,
-        journal: Journal,
-        *,
-        max_queue: int = 10_000,
-        on_fatal: Callable[[str], None] | None = None,
-    ) -> None:
+    Called only from the service's loop thread, which stages every write request that arrived since
+    the last fsync and then calls ``flush`` before it sends any reply of that round (reads included,
+    since a read may have seen a staged transaction). Whatever arrives during the fsync forms the next
+    group, so the fsync is shared by every transaction that was waiting for it, with no hand-off
+    between threads on the way (the latency a lone client sees is one fsync plus the codec).
+
+    A ``StorageFailure`` (or a model bug after state changed) is fail-stop: ``journal.failed`` is set,
+    every later ``stage`` is refused ``UNAVAILABLE`` and ``on_fatal`` tells the service to exit. When
+    the group itself could not be made durable ``flush`` returns False: its replies must never be
+    sent as successes.
+    """
+
+    def __init__(self, journal: Journal, *, on_fatal: Callable[[str], None] | None = None) -> None:
         self.journal = journal
-        self._items: collections.deque[object] = collections.deque()
-        self._ready = threading.Condition(threading.Lock())
-        self._max_queue = max_queue
         self._on_fatal = on_fatal
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
-        self._expected = 1  # transactions in the previous group: the clients it released come back
-        self._linger_s = 0.0
+        self._buffer = bytearray()
+        self._staged = 0
+        self._broken: str | None = None  # a failure while staging: the group must not be written
         self.groups = 0
         self.transactions = 0
 
-    def start(self) -> None:
-        self._thread.start()
+    @property
+    def pending(self) -> int:
+        """Transactions staged since the last flush (their replies must wait for it)."""
+        return self._staged
 
-    def submit(self, request: WriteRequest, timeout_s: float) -> dict[str, Any]:
-        """Queue ``request`` and wait for its durable outcome (or its error)."""
-        with self._ready:
-            if self._stopping:
-                raise JournalUnavailable("the journal service is stopping")
-            self.journal.check_open()
-            if len(self._items) >= self._max_queue:
-                raise JournalUnavailable("the commit queue is full", code=OVERLOADED)
-            self._items.append(request)
-            # Wake the writer only when it can act: it waits for a first item, or lingers for a full group.
-            if len(self._items) == 1 or len(self._items) >= self._expected:
-                self._ready.notify()
-        return request.pending.wait(timeout_s)
+    def stage(self, request: WriteRequest) -> dict[str, Any]:
+        """Decide and stage ``request`` into the open group; its reply (valid only once ``flush`` is True).
 
-    def stop(self, timeout_s: float = 30.0) -> bool:
-        """Finish everything already queued, then stop the thread; False if it is still running after
-        ``timeout_s`` (stuck in a write or fsync): then nothing else may touch the journal's state or
-        files, since the writer may still change them."""
-        with self._ready:
-            if not self._stopping:
-                self._stopping = True
-                self._items.append(_STOP)
-                self._ready.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    def _next_group(self) -> tuple[list[WriteRequest], bool]:
-        """Wait for work; then (adaptive group commit) linger briefly while fewer transactions are queued
-        than the previous group had, since the clients that group released are about to send their next
-        ones. The linger is a fraction of the last write+fsync time, so it never costs more than a part
-        of the fsync it saves; a lone client never waits (its previous group had one transaction)."""
-        with self._ready:
-            while not self._items:
-                self._ready.wait()
-            if len(self._items) < self._expected and self._linger_s > 0 and _STOP not in self._items:
-                self._ready.wait_for(lambda: len(self._items) >= self._expected, timeout=self._linger_s)
-            group: list[WriteRequest] = []
-            while self._items and len(group) < MAX_GROUP:
-                item = self._items.popleft()
-                if item is _STOP:
-                    return group, True
-                group.append(item)  # type: ignore[arg-type]
-            return group, False
-
-    def _run(self) -> None:
-        while True:
-            group, stop = self._next_group()
-            if group:
-                started = time.monotonic()
-                if not self._write_group(group):
-                    return
-                self._expected = len(group)
-                self._linger_s = min(MAX_LINGER_S, LINGER_FRACTION * (time.monotonic() - started))
-            if stop:
-                return
-
-    def _write_group(self, group: list[WriteRequest]) -> bool:
+        A refusal (``JournalError``) changes nothing; a failure after state changed breaks the group.
+        """
         journal = self.journal
-        outcomes: list[tuple[dict[str, Any] | None, BaseException | None]] = []
-        buffer = bytearray()
-        now = time.time()
-        with journal.lock:
-            try:
-                for request in group:
-                    try:
-                        reply, data = request.apply(journal, now)
-                    except JournalError as exc:
-                        outcomes.append((None, exc))
-                        continue
-                    buffer += data
-                    outcomes.append((reply, None))
-                if buffer:
-                    journal.segments.append(bytes(buffer))
-            except StorageFailure as exc:
-                self._fail(group, str(exc))
-                return False
-            except Exception as exc:  # a bug in the model after state changed: stop like a storage failure
-                log.exception("writer thread failed")
-                self._fail(group, f"unexpected writer error: {exc!r}")
-                return False
-        for request, (result, error) in zip(group, outcomes, strict=True):
-            request.pending.resolve(result, error)
-        self.groups += 1
-        self.transactions += len(group)
+        journal.check_open()
         try:
-            journal.after_group()
+            reply, data = request.apply(journal, time.time())
+        except JournalError:
+            raise
         except StorageFailure as exc:
-            self._fail([], str(exc))
+            self._break(str(exc))
+            raise JournalUnavailable("journal storage failed; the service is stopping") from None
+        except Exception as exc:  # a bug in the model after state changed: stop like a storage failure
+            log.exception("staging a transaction failed")
+            self._break(f"unexpected error while staging: {exc!r}")
+            raise JournalUnavailable("journal storage failed; the service is stopping") from None
+        self._buffer += data
+        self._staged += 1
+        return reply
+
+    def flush(self) -> bool:
+        """Write and fsync the open group; True once it is durable (its replies may go out).
+
+        The between-groups work (cutting a full segment, a due snapshot) follows; its failure stops the
+        service too, but the group before it is durable and stays acknowledged.
+        """
+        if self._broken is not None:
             return False
-        except Exception as exc:  # the writer must never die silently: later requests would hang
-            log.exception("writer thread failed between groups")
-            self._fail([], f"unexpected writer error between groups: {exc!r}")
+        journal = self.journal
+        try:
+            if self._buffer:
+                journal.segments.append(bytes(self._buffer))
+        except StorageFailure as exc:
+            self._fail(str(exc))
             return False
+        finally:
+            self._buffer.clear()
+        if self._staged:
+            self.groups += 1
+            self.transactions += self._staged
+            self._staged = 0
+            try:
+                journal.after_group()
+            except StorageFailure as exc:
+                self._fail(str(exc))
+            except Exception as exc:  # e.g. a model that cannot dump its state for a snapshot
+                log.exception("between-groups work failed")
+                self._fail(f"unexpected error between groups: {exc!r}")
         return True
 
-    def _fail(self, group: list[WriteRequest], reason: str) -> None:
-        """Fail-stop: no retry over a failed write or fsync; everyone waiting is told, the service exits."""
+    def commit_now(self, request: WriteRequest) -> dict[str, Any]:
+        """Stage ``request`` alone and flush it: for tools and tests that run without the loop."""
+        try:
+            reply = self.stage(request)
+        finally:
+            durable = self.flush()
+        if not durable:
+            raise JournalUnavailable("journal storage failed; the service is stopping")
+        return reply
+
+    def _break(self, reason: str) -> None:
+        self._broken = reason
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        """Fail-stop: no retry over a failed write or fsync (PostgreSQL's lesson); the service exits."""
+        if self.journal.failed is not None:
+            return
+        self._broken = reason
         self.journal.failed = reason
         log.critical("journal storage failed, stopping: %s", reason)
-        error = JournalUnavailable("journal storage failed; the service is stopping")
-        for request in group:
-            request.pending.resolve(None, error)
-        with self._ready:
-            self._stopping = True
-            left, self._items = list(self._items), collections.deque()
-        for item in left:
-            if item is not _STOP:
-                item.pending.resolve(None, error)  # type: ignore[attr-defined]
         if self._on_fatal is not None:
             self._on_fatal(reason)
