@@ -143,10 +143,19 @@ class _Connection:
         return connection
 
     def _read(self, deadline: float) -> protocol.Frame:
-        return protocol.read_frame(lambda n: self._take(n, deadline))
+        """The next frame; reads are buffered (one ``recv`` usually brings the whole reply)."""
+        self._fill(protocol.HEADER_BYTES, deadline)
+        buffer = self._buffer
+        header = protocol.decode_header(bytes(buffer[: protocol.HEADER_BYTES]))
+        end = protocol.HEADER_BYTES + header.body_length
+        self._fill(end, deadline)
+        body = bytes(buffer[protocol.HEADER_BYTES : end])
+        del buffer[:end]
+        decoded = protocol.decode_body(header, body)
+        return protocol.Frame(header.opcode, header.request_id, decoded, header.flags)
 
-    def _take(self, count: int, deadline: float) -> bytes:
-        """Exactly ``count`` bytes, reading (buffered) until the deadline."""
+    def _fill(self, count: int, deadline: float) -> None:
+        """Read until the buffer holds ``count`` bytes, by the deadline."""
         while len(self._buffer) < count:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -156,9 +165,6 @@ class _Connection:
             if not chunk:
                 raise JournalUnavailable("the journal closed the connection", code=CONNECTION_LOST)
             self._buffer += chunk
-        data = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return data
 
     def _hello(self, secret: bytes | None, deadline: float) -> None:
         greeting = self._read(deadline)

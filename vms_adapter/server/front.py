@@ -6,7 +6,8 @@ Each round of the loop:
 2. accepts new connections and reads what every ready connection has sent;
 3. answers every complete request: reads from the in-memory state, writes staged into the open group;
 4. makes the group durable with ONE write and ONE fsync (``GroupCommit.flush``);
-5. only then releases the round's replies and sends them.
+5. only then releases the round's replies and sends them;
+6. cuts a full segment or takes a due snapshot, if one is due (after the replies, so it delays no one).
 
 Requests that arrive during the fsync wait in the kernel's socket buffers and form the next group, so
 the fsync is shared without any hand-off between threads. This is the whole design's reason: on a disk
@@ -174,6 +175,7 @@ class JournalFront:
                 self._ready.append(connection)
         if not durable:
             self.stopping.set()
+        self.writer.between_groups()  # after the replies: a segment cut or snapshot delays no one
 
     def _send(self, connection: Connection, now: float) -> None:
         try:

@@ -158,6 +158,7 @@ class GroupCommit:
         self._buffer = bytearray()
         self._staged = 0
         self._broken: str | None = None  # a failure while staging: the group must not be written
+        self._unfinished = False  # a group was written and its between-groups work is still to do
         self.groups = 0
         self.transactions = 0
 
@@ -191,15 +192,13 @@ class GroupCommit:
     def flush(self) -> bool:
         """Write and fsync the open group; True once it is durable (its replies may go out).
 
-        The between-groups work (cutting a full segment, a due snapshot) follows; its failure stops the
-        service too, but the group before it is durable and stays acknowledged.
+        Call ``between_groups`` after the replies are out.
         """
         if self._broken is not None:
             return False
-        journal = self.journal
         try:
             if self._buffer:
-                journal.segments.append(bytes(self._buffer))
+                self.journal.segments.append(bytes(self._buffer))
         except StorageFailure as exc:
             self._fail(str(exc))
             return False
@@ -208,15 +207,23 @@ class GroupCommit:
         if self._staged:
             self.groups += 1
             self.transactions += self._staged
+            self._unfinished = True
             self._staged = 0
-            try:
-                journal.after_group()
-            except StorageFailure as exc:
-                self._fail(str(exc))
-            except Exception as exc:  # e.g. a model that cannot dump its state for a snapshot
-                log.exception("between-groups work failed")
-                self._fail(f"unexpected error between groups: {exc!r}")
         return True
+
+    def between_groups(self) -> None:
+        """Cut a full segment, take a due snapshot. A failure stops the service, but the group before it
+        is durable and stays acknowledged."""
+        if not self._unfinished or self.journal.failed is not None:
+            return
+        self._unfinished = False
+        try:
+            self.journal.after_group()
+        except StorageFailure as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # e.g. a model that cannot dump its state for a snapshot
+            log.exception("between-groups work failed")
+            self._fail(f"unexpected error between groups: {exc!r}")
 
     def commit_now(self, request: WriteRequest) -> dict[str, Any]:
         """Stage ``request`` alone and flush it: for tools and tests that run without the loop."""
@@ -224,6 +231,7 @@ class GroupCommit:
             reply = self.stage(request)
         finally:
             durable = self.flush()
+            self.between_groups()
         if not durable:
             raise JournalUnavailable("journal storage failed; the service is stopping")
         return reply
