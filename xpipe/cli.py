@@ -395,7 +395,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         step_idle_s=args.step_idle_seconds,
         max_step_processes=args.max_step_processes,
     )
-    return up(layout, token=args.token, ping_interval_s=args.ping_interval, stop=stop)
+    token = args.token or os.environ.get("XPIPE_TOKEN")  # the environment keeps it out of `ps`
+    return up(layout, token=token, ping_interval_s=args.ping_interval, stop=stop)
 
 
 def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -589,7 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--base-port", type=int, default=8080, help="router on P, functions P+1..P+3, journal P+4"
     )
-    up.add_argument("--token", help="accept this X-Token-XPipe with every scope (development)")
+    up.add_argument(
+        "--token", help="accept this X-Token-XPipe with every scope (development; or XPIPE_TOKEN)"
+    )
     up.add_argument("--ping-interval", type=float, default=5.0, help="seconds between sweep ticks (dev)")
     up.add_argument("--templates-dir", help="pipeline templates (XPIPE_TEMPLATES_DIR; default: built-in)")
     up.add_argument(

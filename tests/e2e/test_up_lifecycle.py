@@ -1,5 +1,5 @@
-"""``xpipe up`` itself: Ctrl-C stops every component and every process they started, and ``--token``
-is the only credential the functions accept."""
+"""``xpipe up`` itself: Ctrl-C stops every component and every process they started, and the token it
+is given (``XPIPE_TOKEN``, never on a command line) is the only credential the functions accept."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def test_ctrl_c_stops_everything_and_leaves_no_process_behind(tmp_path: Path) ->
             step_pids |= {p["pid"] for p in answer.json()["processes"]}
         assert step_pids, "the idle step processes are still up (60 s window)"
         ours = {pid for pid, group in process_groups().items() if group in leaders} | step_pids
+        assert stack.process is not None
+        # The token reaches `xpipe up` through its environment: no command line on the machine shows it.
+        assert b"only-this-token" not in Path(f"/proc/{stack.process.pid}/cmdline").read_bytes()
+        for pid in ours:
+            try:
+                assert b"only-this-token" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
         assert len(ours) > len(leaders)  # gunicorn workers, step processes
 
         wrong = httpx.post(

@@ -102,7 +102,7 @@ class RunningStack:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> RunningStack:
         argv = [
             sys.executable, "-m", "xpipe.cli", "--data-dir", str(self.layout.data_dir),
-            "up", "--base-port", str(self.layout.base_port), "--token", self.token,
+            "up", "--base-port", str(self.layout.base_port),
             "--ping-interval", f"{self.ping_interval_s:g}",
             "--step-idle-seconds", f"{self.layout.step_idle_s:g}",
             "--max-step-processes", str(self.layout.max_step_processes),
@@ -115,7 +115,7 @@ class RunningStack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **self._extra_env},
+            env={**os.environ, **self._extra_env, "XPIPE_TOKEN": self.token},  # not in argv: ps shows argv
             start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, name="xpipe-up-output", daemon=True)
