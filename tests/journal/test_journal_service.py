@@ -270,6 +270,22 @@ def test_a_client_that_never_reads_its_replies_is_cut_off_without_affecting_othe
         greedy.close()
 
 
+def test_a_long_pipelined_burst_is_answered_completely_and_in_order(journal: JournalServer) -> None:
+    """40,000 requests in one burst (megabytes of replies, more than one connection may have unsent):
+    every one is answered, in order, while the client reads at its own pace."""
+    raw = RawConnection(journal)
+    count = 40_000  # about 2.4 MB of PING replies
+    try:
+        frames = b"".join(protocol.encode_frame(Opcode.PING, 1 + i, {}) for i in range(count))
+        sender = threading.Thread(target=raw.sock.sendall, args=(frames,), daemon=True)
+        sender.start()
+        ids = [raw.read().request_id for _ in range(count)]  # each read bounded by the socket time-out
+        sender.join(RAW_TIMEOUT_S)
+        assert ids == list(range(1, count + 1))
+    finally:
+        raw.close()
+
+
 def test_concurrent_commits_share_fsyncs(journal: JournalServer) -> None:
     """Group commit: commits that arrive together are made durable by one write and one fsync."""
     raws = [RawConnection(journal) for _ in range(8)]

@@ -112,10 +112,6 @@ class Connection:
             timeout = self.limits.idle_timeout_s
         return self._wait_started + timeout
 
-    @property
-    def has_output(self) -> bool:
-        return bool(self._out)
-
     def tls_pending(self) -> bool:
         """Decrypted bytes the TLS layer holds: the selector cannot see them, the loop must read them."""
         return isinstance(self.sock, ssl.SSLSocket) and not self.handshaking and self.sock.pending() > 0
@@ -143,8 +139,11 @@ class Connection:
         self._inbuf += chunk
 
     def _complete_frame_buffered(self) -> bool:
-        length = int.from_bytes(self._inbuf[14:18], "big")
-        return len(self._inbuf) >= protocol.HEADER_BYTES + length
+        try:
+            header = protocol.decode_header(bytes(self._inbuf[: protocol.HEADER_BYTES]))
+        except ProtocolError:
+            return True  # handle_frames answers it with an error frame
+        return len(self._inbuf) >= protocol.HEADER_BYTES + header.body_length
 
     def handle_frames(self, now: float) -> None:
         """Answer every complete frame buffered (replies are held), until output would exceed its bound."""
@@ -276,10 +275,6 @@ class Connection:
     def _hold(self, opcode: int, request_id: int, data: bytes) -> None:
         self._held.append((opcode, request_id, data))
         self._held_bytes += len(data)
-
-    @property
-    def has_held(self) -> bool:
-        return bool(self._held)
 
     def release_held(self) -> None:
         """The round's group is durable: its replies may go out."""
