@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,18 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
+from support.waiting import wait_until
 
 from xpipe.backends.base import BackendUnavailable, InvalidSpec, NotFound, StepServiceSpec
 from xpipe.backends.local import LocalBackend
 
 IDLE_SECONDS = 1.5  # long enough that a loaded machine still sees the process warm right after a run
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 class HeartbeatSink:
@@ -284,7 +278,7 @@ def test_stopping_a_running_attempt_answers_its_held_request_cancelled(
     assert reply.json()["outcome"] == "cancelled"
     assert reply.json()["pod"] == process["pod"]
     command = Path(f"/proc/{pid_file.read_text()}")
-    wait_until(lambda: not command.exists(), timeout=5.0, what="the command to be gone")
+    wait_until(lambda: not command.exists(), timeout_s=5.0, what="the command to be gone")
     assert replicas(backend, "long") == 0  # the stopped process exited, like a deleted pod
 
     # Idempotent: the attempt has ended, and an attempt that never ran here has nothing to stop.
@@ -395,7 +389,7 @@ def test_a_step_process_killed_mid_run_loses_the_attempt_once_and_is_a_recorded_
     # The next delivery starts a fresh process.
     # The command does not outlive its runtime (as in a container): gone well before its 3 s sleep ends.
     orphan = Path(f"/proc/{first_command}")
-    wait_until(lambda: not orphan.exists(), timeout=2.0, what="the crashed runtime's command to be killed")
+    wait_until(lambda: not orphan.exists(), timeout_s=2.0, what="the crashed runtime's command to be killed")
     assert step_run(host, "crashy", str(tmp_path / "second-pid"), job="job-after-crash").status_code == 200
 
 
@@ -408,4 +402,4 @@ def test_step_processes_do_not_outlive_a_killed_host() -> None:
     backend.close()
     doomed.process.kill()
     doomed.process.wait(10)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, what="the step process to exit")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout_s=10, what="the step process to exit")

@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from support.waiting import wait_until
 
 from xpipe.devstack.errors import ManifestError
 from xpipe.devstack.manifests import ServiceTable, load_topology
 from xpipe.devstack.router import RouterThread
 
-from .conftest import Answer, Received, Subscriber, broker, trigger, uri, wait_until
+from .conftest import Answer, Received, Subscriber, broker, trigger, uri
 
 StartRouter = Callable[..., RouterThread]
 MakeSubscriber = Callable[..., Subscriber]

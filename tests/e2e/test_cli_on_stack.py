@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from xpipe.devstack.running import RunningStack
-
-from .conftest import wait_until
 
 pytestmark = pytest.mark.slow
 

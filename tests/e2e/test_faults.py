@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 from xpipe.devstack.running import RunningStack
-
-from .conftest import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.waiting import wait_until
 
 from xpipe.devstack.running import RunningStack
 from xpipe.templates import service_name
-
-from .conftest import wait_until
 
 pytestmark = pytest.mark.slow
 

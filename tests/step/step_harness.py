@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 from cloudevents.http import CloudEvent, from_http
+from support.waiting import wait_until
 
 STEP_PROGRAM = str(Path(__file__).with_name("step_program.py"))
 PROGRAM_ARGV = [sys.executable, STEP_PROGRAM, "{{ params.action }}", "{{ params.arg }}", "{{ params.out }}"]
@@ -156,14 +157,6 @@ def start_runtime(
         time.sleep(0.05)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.02)
-
-
 def release_fifo(fifo: Path, timeout: float = 10.0) -> None:
     """Let a command blocked reading `fifo` (step_program's `block`) go on: open it for writing and close."""
 
@@ -177,4 +170,4 @@ def release_fifo(fifo: Path, timeout: float = 10.0) -> None:
         os.close(descriptor)
         return True
 
-    wait_until(opened, timeout=timeout, what=f"a reader of {fifo}")
+    wait_until(opened, timeout_s=timeout, what=f"a reader of {fifo}")

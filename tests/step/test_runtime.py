@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cloudevents.http import from_http
-from step_harness import EventSink, RuntimeProcess, heartbeats_of, release_fifo, start_runtime, wait_until
+from step_harness import EventSink, RuntimeProcess, heartbeats_of, release_fifo, start_runtime
+from support.waiting import wait_until
 
 STEP_RUN_HEADERS = {
     "ce-specversion": "1.0", "ce-type": "com.xpipe.step.run", "ce-source": "/test", "ce-id": "escape",
@@ -338,7 +339,7 @@ def test_leftovers_holding_the_output_pipe_neither_delay_the_reply_nor_outlive_t
         assert data["outcome"] == "succeeded"
         leftover = int(out.read_text())
         wait_until(
-            lambda: process_gone(leftover), timeout=5, what=f"leftover {leftover} to be killed and reaped"
+            lambda: process_gone(leftover), timeout_s=5, what=f"leftover {leftover} to be killed and reaped"
         )
         assert runtime.client.get(runtime.url + "health/readiness").status_code == 200
     finally:
