@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -177,8 +178,21 @@ def parse_event(request: Request, body: bytes) -> CloudEvent:
     object every xpipe payload is.
     """
     require_cloudevent(request)
-    # .items(): one pass over the WSGI environ; dict(headers) looks every key up again.
-    return read_cloudevent(dict(request.headers.items()), body)
+    return read_cloudevent(cloudevent_headers(request.environ), body)
+
+
+def cloudevent_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The request headers a CloudEvent is read from (``content-type`` and ``ce-*``), lower-case.
+
+    Taken from the WSGI environ in one pass: werkzeug's header view builds every header's name anew.
+    """
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_CE_"):
+            headers["ce-" + key[8:].lower().replace("_", "-")] = value
+        elif key == "CONTENT_TYPE":
+            headers["content-type"] = value
+    return headers
 
 
 def event_data(event: CloudEvent) -> dict[str, Any]:

@@ -16,18 +16,17 @@ logged rather than failing the request whose facts are already durable.
 from __future__ import annotations
 
 import atexit
-import http.client
 import json
 import logging
 import os
-import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from cloudevents.http import CloudEvent
+
+from xpipe.sink import BadSinkResponse, SinkConnections
 
 log = logging.getLogger("xpipe.outbox")
 
@@ -121,12 +120,16 @@ class AckBatcher:
     def add(self, ids: Sequence[str]) -> None:
         """Queue ids for the next ``ACK``; returns at once."""
         with self._changed:
+            # Wake the thread only when that changes what it waits for (the first id of a batch, or a
+            # full batch): a wake-up per request cost each request a thread switch.
+            wake = not self._pending or len(self._pending) + len(ids) >= ACK_BATCH_IDS
             self._pending.extend(ids)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="xpipe-ack", daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
+            elif wake:
+                self._changed.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued id has been sent (acknowledged or given up); False on time-out."""
@@ -160,68 +163,6 @@ class AckBatcher:
                     self._changed.notify_all()
 
 
-class SinkConnections:
-    """Keep-alive HTTP connections to the sink, one per request thread (``http.client``: light and fast).
-
-    A connection the sink closed while idle fails on reuse; the event is then sent once more on a fresh
-    connection, which is safe because receivers deduplicate on the event id.
-    """
-
-    def __init__(self, sink: str, timeout_seconds: float) -> None:
-        parts = urlsplit(sink)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"sink {sink!r} is not an http(s) URL")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._timeout = timeout_seconds
-        self._local = threading.local()
-        self._context: ssl.SSLContext | None = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            if self._https:
-                if self._context is None:
-                    self._context = ssl.create_default_context()
-                connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self._timeout, context=self._context
-                )
-            else:
-                connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            self._local.connection = connection
-        return connection
-
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            connection.close()
-
-    def post(self, headers: Mapping[str, str], body: bytes) -> int:
-        """POST ``body``; the sink's status code. ``OSError``/``HTTPException`` when it cannot be reached."""
-        for attempt in (1, 2):
-            connection = self._connection()
-            reused = connection.sock is not None
-            try:
-                connection.request("POST", self._path, body=body, headers=dict(headers))
-                response = connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                self._drop()
-                if attempt == 1 and reused:
-                    continue  # the sink closed the idle connection: try once on a fresh one
-                raise
-            if response.will_close:
-                self._drop()
-            return response.status
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self._drop()
-
-
 class Outbox:
     """Publishes directives to one sink over keep-alive connections and acknowledges what went out."""
 
@@ -243,7 +184,7 @@ class Outbox:
         headers, body = binary_message(event)
         try:
             status = self._connections.post(headers, body)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, BadSinkResponse) as exc:
             raise PublishFailed(f"{type(exc).__name__} posting to the sink") from None
         if not 200 <= status < 300:
             raise PublishFailed(f"the sink answered {status}")

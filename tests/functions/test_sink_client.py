@@ -1,0 +1,204 @@
+"""The outbox's HTTP client for the sink, against a scripted server: every way an answer may end.
+
+The server answers each request with canned bytes (per connection, in order), records what it received
+and how many connections were opened, so each test states what reached the sink and whether the
+client kept, dropped or retried its connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from xpipe.sink import BadSinkResponse, SinkConnections
+
+IO_TIMEOUT_S = 5.0
+HEADERS = {"ce-id": "d-1", "ce-type": "com.xpipe.step.run", "content-type": "application/json"}
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+
+
+class ScriptedSink:
+    """Accepts connections; connection ``n`` answers its requests with ``script[n]`` (then closes)."""
+
+    def __init__(self, script: list[list[bytes]]) -> None:
+        self.script = script
+        self.requests: list[tuple[int, bytes, bytes]] = []  # (connection, head, body)
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/events?x=1"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            index = self.connections
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn, index), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        conn.settimeout(IO_TIMEOUT_S)
+        reader = conn.makefile("rb")
+        with conn, reader:
+            for answer in self.script[index] if index < len(self.script) else []:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                self.requests.append((index, head, reader.read(length)))
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join(IO_TIMEOUT_S)
+        for thread in self._threads:
+            thread.join(IO_TIMEOUT_S)
+        self._listener.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[ScriptedSink]]:
+    made: list[ScriptedSink] = []
+    yield made
+    for sink in made:
+        sink.close()
+
+
+def _sink(made: list[ScriptedSink], script: list[list[bytes]]) -> tuple[ScriptedSink, SinkConnections]:
+    sink = ScriptedSink(script)
+    made.append(sink)
+    return sink, SinkConnections(sink.url, IO_TIMEOUT_S)
+
+
+def test_a_request_carries_the_path_host_length_and_every_header(scripted: list[ScriptedSink]) -> None:
+    sink, client = _sink(scripted, [[ACCEPTED]])
+    assert client.post(HEADERS, b'{"a": 1}') == 202
+    _, head, body = sink.requests[0]
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /events?x=1 HTTP/1.1"
+    assert f"Host: {sink.url.split('/')[2]}" in lines
+    assert "Content-Length: 8" in lines
+    assert {"ce-id: d-1", "ce-type: com.xpipe.step.run", "content-type: application/json"} <= set(lines)
+    assert body == b'{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    "first_answer",
+    [
+        ACCEPTED,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.0 202 Accepted\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["empty", "sized-body", "chunked-with-trailer", "interim-100", "no-content", "http10-keep-alive"],
+)
+def test_a_kept_connection_serves_the_next_event(scripted: list[ScriptedSink], first_answer: bytes) -> None:
+    sink, client = _sink(scripted, [[first_answer, ACCEPTED]])
+    assert client.post(HEADERS, b"{}") in (200, 202, 204)
+    assert client.post(HEADERS, b"{}") == 202
+    assert [connection for connection, _, _ in sink.requests] == [0, 0]
+    assert sink.connections == 1
+
+
+@pytest.mark.parametrize(
+    "first_answer",
+    [
+        b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.0 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 202 Accepted\r\n\r\nbody until the close",
+    ],
+    ids=["connection-close", "http10", "close-delimited-body"],
+)
+def test_a_connection_the_sink_ends_is_not_reused(scripted: list[ScriptedSink], first_answer: bytes) -> None:
+    sink, client = _sink(scripted, [[first_answer], [ACCEPTED]])
+    assert client.post(HEADERS, b"{}") == 202
+    assert client.post(HEADERS, b"{}") == 202
+    assert [connection for connection, _, _ in sink.requests] == [0, 1]
+
+
+def test_an_idle_connection_the_sink_closed_is_retried_once_on_a_fresh_one(
+    scripted: list[ScriptedSink],
+) -> None:
+    # Connection 0 answers once and is then closed by the sink without a word (an idle time-out).
+    sink, client = _sink(scripted, [[ACCEPTED], [ACCEPTED]])
+    assert client.post(HEADERS, b"{}") == 202
+    assert client.post(HEADERS, b'{"second": true}') == 202
+    assert [(connection, body) for connection, _, body in sink.requests] == [
+        (0, b"{}"),
+        (1, b'{"second": true}'),
+    ]
+
+
+def test_a_fresh_connection_closed_without_an_answer_fails(scripted: list[ScriptedSink]) -> None:
+    sink, client = _sink(scripted, [[]])  # accepts, then closes before answering anything
+    with pytest.raises(OSError):
+        client.post(HEADERS, b"{}")
+    assert sink.connections == 1  # a fresh connection is not retried
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 2x2 Odd\r\n\r\n",
+        b"HTTP/1.1 202 Accepted\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 202 Accepted\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",
+    ],
+    ids=[
+        "not-http",
+        "bad-status",
+        "bad-header",
+        "negative-length",
+        "bad-chunk",
+        "truncated",
+        "101",
+        "headers",
+    ],
+)
+def test_a_nonsense_answer_is_an_error_and_the_connection_is_dropped(
+    scripted: list[ScriptedSink], answer: bytes
+) -> None:
+    sink, client = _sink(scripted, [[answer], [ACCEPTED]])
+    with pytest.raises(BadSinkResponse):
+        client.post(HEADERS, b"{}")
+    assert client.post(HEADERS, b"{}") == 202
+    assert sink.connections == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"ce-id": "d-1\r\nX-Injected: 1"}, {"ce-id": "d\n1"}, {"ce id": "x"}, {"ce-id:": "x"}, {"ce-id": "€"}],
+    ids=["crlf-in-value", "lf-in-value", "space-in-name", "colon-in-name", "not-latin-1"],
+)
+def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_sent(
+    scripted: list[ScriptedSink], headers: dict[str, str]
+) -> None:
+    sink, client = _sink(scripted, [[ACCEPTED]])
+    with pytest.raises(ValueError):
+        client.post(headers, b"{}")
+    assert sink.connections == 0
