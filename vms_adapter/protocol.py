@@ -191,6 +191,14 @@ def read_frame(read_exact: Callable[[int], bytes]) -> Frame:
     return Frame(header.opcode, header.request_id, decode_body(header, body), header.flags)
 
 
+MAX_ECHO_CHARS = 64
+
+
+def echo(text: str) -> str:
+    """A client's text as an error message may repeat it: cut, so that the error always fits a frame."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
+
+
 def error_body(
     code: str, message: str, *, retryable: bool, details: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def serve(connection: Connection, writer: GroupCommit, *, read: bool = True) -> 
     """One round of the loop for this connection: read, answer, make durable, release, send."""
     if read:
         connection.on_readable(0.0)
-    connection.handle_frames(0.0)
+    connection.handle_frames(0.0, 1000)
     assert writer.flush()
     connection.release_held()
     connection.send(0.0)
@@ -127,7 +127,7 @@ def test_a_commit_staged_but_not_made_durable_gets_unavailable_not_its_reply(
     body = {"idempotencyKey": "k1", "records": [{"type": "x-a"}]}
     peer.sock.sendall(protocol.encode_frame(Opcode.COMMIT, 5, body))
     connection.on_readable(0.0)
-    connection.handle_frames(0.0)
+    connection.handle_frames(0.0, 1000)
     connection.fail_held()  # what the loop does when the group's write or fsync failed
     connection.send(0.0)
     reply = peer.read()
@@ -135,3 +135,24 @@ def test_a_commit_staged_but_not_made_durable_gets_unavailable_not_its_reply(
     assert reply.is_error
     assert reply.body["code"] == "UNAVAILABLE"
     assert reply.body["retryable"] is True
+
+
+def test_a_round_answers_at_most_its_budget_of_one_connections_requests(
+    pair: tuple[Connection, Peer, GroupCommit],
+) -> None:
+    """Fairness: one pipelining connection cannot hold the loop. Before: every buffered request was
+    answered in one round (a burst of expensive LIST_JOBS kept another client's PING waiting 76 s)."""
+    connection, peer, writer = pair
+    peer.sock.sendall(b"".join(protocol.encode_frame(Opcode.PING, 10 + i, {}) for i in range(30)))
+    connection.on_readable(0.0)
+    connection.handle_frames(0.0, 8)
+    assert writer.flush()
+    connection.release_held()
+    connection.send(0.0)
+    assert peer.ready_ids() == [10 + i for i in range(8)]
+    assert connection.backlogged
+    connection.handle_frames(0.0, 8, until=0.0)  # the round's time is up: one request, then stop
+    assert writer.flush()
+    connection.release_held()
+    connection.send(0.0)
+    assert peer.ready_ids() == [18]

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +34,7 @@ from vms_adapter.errors import (
     JournalUnavailable,
     ProtocolError,
 )
-from vms_adapter.protocol import Frame, Opcode
+from vms_adapter.protocol import Frame, Opcode, echo
 
 log = logging.getLogger("xpipe.journal.front")
 
@@ -62,7 +64,11 @@ class Limits:
 
 
 class Connection:
-    """A client's socket and the state of its conversation (see the module docstring)."""
+    """A client's socket and the state of its conversation (see the module docstring).
+
+    The connection never closes its own socket: it says ``finished`` and the front, which also owns the
+    selector registration, closes it.
+    """
 
     def __init__(self, sock: socket.socket, peer: str, limits: Limits, handle: Handler, now: float) -> None:
         self.sock = sock
@@ -71,16 +77,18 @@ class Connection:
         self._handle = handle
         self.handshaking = isinstance(sock, ssl.SSLSocket)
         self.authenticated = False
-        self.closing = False  # send what is queued (an error frame), then close
+        self.closing = False  # send what is queued (an error frame, the last replies), then finish
         self.closed = False
+        self._eof = False  # the peer has finished sending (its buffered requests are still answered)
         self._inbuf = bytearray()
         self._out = bytearray()
         self._held: list[tuple[int, int, bytes]] = []  # (opcode, request id, reply frame)
         self._held_bytes = 0
         self._server_nonce = protocol.new_nonce()
-        self._wait_started = now  # when the current wait began (see ``deadline``)
+        self._accepted_at = now
+        self._progress_at = now  # the last progress: a frame started or answered, bytes sent
         self._send_blocked = False  # the last send could not write everything: wait for writability
-        self._tls_wants_write = False  # the TLS layer needs to write before it can read on
+        self._tls_wants_write = False  # the TLS layer must write before it can read on
         self.registered_events = 0  # what the front's selector watches for this socket
         if not self.handshaking:
             self._greet()
@@ -92,25 +100,40 @@ class Connection:
         if self.closed:
             return False, False
         write = self._send_blocked or self._tls_wants_write
-        read = not self.closing and len(self._out) < MAX_OUTPUT_BYTES and not self._tls_wants_write
+        read = (
+            not self.closing
+            and not self._eof
+            and len(self._out) < MAX_OUTPUT_BYTES
+            and not self._tls_wants_write
+        )
         return read, write
 
     @property
+    def finished(self) -> bool:
+        """Nothing more to do: the front closes it."""
+        return self.closing and not self._out and not self._held
+
+    @property
     def backlogged(self) -> bool:
-        """Whether requests are buffered that were not handled yet (output was full, or TLS has more)."""
-        if self.closed or self.closing or len(self._out) >= MAX_OUTPUT_BYTES:
+        """Whether requests are buffered that were not handled yet (round budget or output bound
+        reached, or decrypted bytes the TLS layer holds)."""
+        if self.closed or self.closing or self._tls_wants_write or len(self._out) >= MAX_OUTPUT_BYTES:
             return False
-        if self.tls_pending():
-            return True
-        return len(self._inbuf) >= protocol.HEADER_BYTES and self._complete_frame_buffered()
+        return self.tls_pending() or self._request_buffered()
 
     def deadline(self) -> float:
-        """The monotonic time by which the current wait must be over."""
-        if self._out or self.handshaking or self._inbuf or not self.authenticated:
-            timeout = self.limits.frame_timeout_s  # TLS handshake, HELLO, a frame, a blocked send
-        else:
-            timeout = self.limits.idle_timeout_s
-        return self._wait_started + timeout
+        """The monotonic time by which the connection must have made progress, or be cut off.
+
+        Before authentication: the TLS handshake and the HELLO exchange together, counted from the
+        accept (a peer dripping them byte by byte gets no more). After it: a frame once started, and a
+        reply once sending, must progress within the frame time-out (each frame answered and each send
+        that moves bytes is progress); between frames, the idle time-out.
+        """
+        if not self.authenticated:
+            return self._accepted_at + 2 * self.limits.frame_timeout_s
+        if self._out or self._inbuf:
+            return self._progress_at + self.limits.frame_timeout_s
+        return self._progress_at + self.limits.idle_timeout_s
 
     def tls_pending(self) -> bool:
         """Decrypted bytes the TLS layer holds: the selector cannot see them, the loop must read them."""
@@ -119,9 +142,12 @@ class Connection:
     # -- reading ---------------------------------------------------------------------------------------
 
     def on_readable(self, now: float) -> None:
-        """Take what the kernel (or the TLS layer) has; ``ConnectionClosed`` at end of stream."""
+        """Take what the kernel (or the TLS layer) has; at end of stream, answer what is buffered, then
+        finish (a client may half-close after its last request)."""
         if self.handshaking:
             self._continue_handshake(now)
+            return
+        if self._eof or self.closing:
             return
         try:
             chunk = self.sock.recv(RECV_BYTES)
@@ -132,10 +158,10 @@ class Connection:
             return
         self._tls_wants_write = False
         if not chunk:
-            partial = f" in the middle of a frame ({len(self._inbuf)} bytes)" if self._inbuf else ""
-            raise ConnectionClosed(f"peer closed{partial}")
+            self._eof = True
+            return
         if not self._inbuf and not self._out:
-            self._wait_started = now  # a frame has started: from now on the frame time-out applies
+            self._progress_at = now  # a frame has started: from now on the frame time-out applies
         self._inbuf += chunk
 
     def _complete_frame_buffered(self) -> bool:
@@ -145,11 +171,16 @@ class Connection:
             return True  # handle_frames answers it with an error frame
         return len(self._inbuf) >= protocol.HEADER_BYTES + header.body_length
 
-    def handle_frames(self, now: float) -> None:
-        """Answer every complete frame buffered (replies are held), until output would exceed its bound."""
+    def handle_frames(self, now: float, budget: int, until: float = math.inf) -> None:
+        """Answer up to ``budget`` complete frames buffered (replies are held), stopping early at the
+        output bound or once the monotonic clock passes ``until`` (after at least one frame); what is
+        left waits for the next round (``backlogged``)."""
         buffer = self._inbuf
+        answered = 0
         while (
-            not self.closing
+            answered < budget
+            and (answered == 0 or time.monotonic() < until)
+            and not self.closing
             and len(buffer) >= protocol.HEADER_BYTES
             and len(self._out) + self._held_bytes < MAX_OUTPUT_BYTES
         ):
@@ -165,9 +196,17 @@ class Connection:
                 self.closing = True
                 return
             del buffer[:end]
+            answered += 1
             self._answer(Frame(header.opcode, header.request_id, body, header.flags))
-        if not buffer and not self._out:
-            self._wait_started = now
+        if answered:
+            self._progress_at = now
+        if self._eof and not self.closing and not self._request_buffered():
+            if buffer:
+                log.debug("connection %s: peer closed in the middle of a frame", self.peer)
+            self.closing = True  # nothing more can arrive: finish once the replies are out
+
+    def _request_buffered(self) -> bool:
+        return len(self._inbuf) >= protocol.HEADER_BYTES and self._complete_frame_buffered()
 
     def _answer(self, request: Frame) -> None:
         if request.is_reply:
@@ -234,9 +273,8 @@ class Connection:
         body = request.body
         unknown = sorted(set(body) - HELLO_KEYS)
         if unknown:
-            return JournalError(
-                f"HELLO: unknown key {unknown[0]!r}", code=BAD_REQUEST, details={"field": unknown[0]}
-            )
+            key = echo(unknown[0])
+            return JournalError(f"HELLO: unknown key {key!r}", code=BAD_REQUEST, details={"field": key})
         try:
             client_nonce = protocol.parse_nonce(body.get("nonce"))
         except ProtocolError as exc:
@@ -302,27 +340,24 @@ class Connection:
         self.send(now)
 
     def send(self, now: float) -> None:
-        """Send what the kernel takes now; the rest waits for writability (and counts toward the deadline)."""
+        """Send what the kernel takes now; the rest waits for writability. Bytes sent are progress."""
         if self.handshaking or self.closed:
             return
         out = self._out
-        was_waiting = self._send_blocked
+        sent_any = False
+        blocked = False
         try:
             while out:
                 sent = self.sock.send(out)
                 del out[:sent]
-        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            pass
-        if out:
-            if not was_waiting:
-                self._send_blocked = True
-                self._wait_started = now
-            return
-        self._send_blocked = False
-        if was_waiting or not self._inbuf:
-            self._wait_started = now
-        if self.closing:
-            self.close()
+                sent_any = sent_any or sent > 0
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            blocked = True
+        except ssl.SSLWantReadError:
+            pass  # the TLS layer needs the peer's bytes first: the next readable round sends on
+        if sent_any:
+            self._progress_at = now
+        self._send_blocked = blocked and bool(out)
 
     # -- TLS -------------------------------------------------------------------------------------------
 
@@ -340,10 +375,11 @@ class Connection:
             raise ConnectionClosed(f"TLS handshake failed: {exc.reason or exc}") from None
         self.handshaking = False
         self._tls_wants_write = False
-        self._wait_started = now
+        self._progress_at = now
         self._greet()
 
     def close(self) -> None:
+        """Called by the front only (it unregisters the socket first)."""
         if not self.closed:
             self.closed = True
             with contextlib.suppress(OSError):
@@ -351,6 +387,13 @@ class Connection:
 
 
 def _error_frame(opcode: int, request_id: int, exc: JournalError) -> bytes:
+    """The error reply for ``exc``; never raises. An error that echoes a client's oversized text (say, a
+    20,000-character unknown key) would not fit a frame: then its details go and its message is cut."""
     code = BAD_REQUEST if exc.code == BAD_FRAME else exc.code
+    flags = protocol.FLAG_REPLY | protocol.FLAG_ERROR
     body = protocol.error_body(code, exc.message, retryable=exc.retryable, details=exc.details)
-    return protocol.encode_frame(opcode, request_id, body, flags=protocol.FLAG_REPLY | protocol.FLAG_ERROR)
+    try:
+        return protocol.encode_frame(opcode, request_id, body, flags=flags)
+    except ProtocolError:
+        short = protocol.error_body(code, exc.message[:200], retryable=exc.retryable)
+        return protocol.encode_frame(opcode, request_id, short, flags=flags)

@@ -35,6 +35,7 @@ Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import selectors
 import socket
@@ -54,6 +55,15 @@ log = logging.getLogger("xpipe.journal.front")
 WATCHDOG_S = 0.1  # how often connection deadlines and the stop flag are checked (time-outs are this precise)
 ACCEPT_BATCH = 64  # connections accepted per round, so a connection storm cannot starve the others
 ACCEPT_PAUSE_S = 0.5  # after accept() fails (say EMFILE), before trying again
+# Fairness: a connection gets at most this many requests answered per round, and a round stops taking
+# up connections after this long (they come first next round), so that one pipelining client, or a
+# burst of expensive requests, cannot hold up the others, new connections, time-outs or a stop.
+FRAMES_PER_ROUND = 64
+ROUND_BUDGET_S = 0.05
+SELECT_FD_LIMIT = 1024  # select()'s FD_SETSIZE (where it is the only selector): sockets beyond are refused
+_TRANSIENT_ACCEPT_ERRORS = frozenset(
+    code for code in (getattr(errno, "ECONNABORTED", None), getattr(errno, "EPROTO", None)) if code
+)
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
@@ -106,8 +116,9 @@ class JournalFront:
     def serve_until_stopped(self) -> None:
         """Serve until ``stopping`` is set; then answer what was already received and close everything.
 
-        A bug that escapes the loop is recorded in ``failure`` and stops the service: the state may be
-        half-changed, so it must not serve on (start-up recovery reads what really reached the disk).
+        A bug that escapes the loop is a fail-stop like a storage failure: the state may hold staged
+        transactions that were never written, so the service exits without a snapshot and start-up
+        recovery reads what really reached the disk.
         """
         try:
             self._selector.register(self.listener, _READ, None)
@@ -127,11 +138,13 @@ class JournalFront:
                 self._serve_round(active, now)
                 if now >= next_check:
                     self._expire(now)
+                    self._resume_accepting(now)
                     next_check = now + WATCHDOG_S
             self._serve_round([c for c in self._connections if not c.closed], time.monotonic())
         except Exception as exc:
             log.critical("the service loop failed", exc_info=exc)
             self.failure = f"the service loop failed: {exc!r}"
+            self.writer.fail_stop(self.failure)
             self.stopping.set()
         finally:
             self._close_all()
@@ -146,32 +159,48 @@ class JournalFront:
         except (ConnectionClosed, OSError) as exc:
             self._drop(connection, exc)
             return False
+        except Exception:  # a bug concerning this connection: end it, keep serving the others
+            log.exception("connection %s failed", connection.peer)
+            self._forget(connection)
+            return False
+        if connection.finished:
+            self._forget(connection)
+            return False
         return True
 
     def _serve_round(self, active: list[Connection], now: float) -> None:
         """Answer the active connections' requests, make the group durable, then release the replies."""
+        until = time.monotonic() + ROUND_BUDGET_S
         served: list[Connection] = []
         seen: set[int] = set()
         for connection in active:
             if connection.closed or id(connection) in seen:
                 continue
             seen.add(id(connection))
+            if served and time.monotonic() > until:
+                self._ready.append(connection)  # first in line next round
+                continue
             try:
                 if connection.tls_pending():
                     connection.on_readable(now)
-                connection.handle_frames(now)
+                connection.handle_frames(now, FRAMES_PER_ROUND, until)
             except (ConnectionClosed, OSError) as exc:
                 self._drop(connection, exc)
                 continue
+            except Exception:  # the journal's state stays whole: a transaction is staged entirely or not
+                log.exception("connection %s failed", connection.peer)
+                self._forget(connection)
+                continue
             served.append(connection)
         durable = self.writer.flush()
+        now = time.monotonic()  # after the fsync: the deadlines of what follows count from here
         for connection in served:
             if durable:
                 connection.release_held()
             else:
                 connection.fail_held()
             self._send(connection, now)
-            if connection.backlogged:
+            if not connection.closed and connection.backlogged:
                 self._ready.append(connection)
         if not durable:
             self.stopping.set()
@@ -183,7 +212,11 @@ class JournalFront:
         except OSError as exc:
             self._drop(connection, exc)
             return
-        if connection.closed:
+        except Exception:
+            log.exception("connection %s failed", connection.peer)
+            self._forget(connection)
+            return
+        if connection.finished:
             self._forget(connection)
         else:
             self._watch(connection)
@@ -191,24 +224,34 @@ class JournalFront:
     # -- connections -------------------------------------------------------------------------------------
 
     def _accept(self, now: float) -> None:
-        if now < self._accept_paused_until:
-            return
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, say: let the others be served meanwhile
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:  # that peer gave up already
+                    continue
+                # Out of descriptors, say: stop watching the listener for a while (it stays readable,
+                # so watching it would spin), and serve the connections there are.
                 log.warning("accept failed: %s; pausing new connections for %g s", exc, ACCEPT_PAUSE_S)
+                self._selector.unregister(self.listener)
                 self._accept_paused_until = now + ACCEPT_PAUSE_S
                 return
             self._admit(sock, f"{peer[0]}:{peer[1]}", now)
+
+    def _resume_accepting(self, now: float) -> None:
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._selector.register(self.listener, _READ, None)
 
     def _admit(self, sock: socket.socket, peer: str, now: float) -> None:
         """Start serving an accepted socket. Whatever goes wrong here concerns this one peer (one that
         connected and reset at once makes ``wrap_socket`` raise ECONNRESET): it must never escape into
         the loop, which would stop the whole service."""
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) >= self.max_connections or (
+            isinstance(self._selector, selectors.SelectSelector) and sock.fileno() >= SELECT_FD_LIMIT
+        ):
             self.refused += 1
             self._refuse(sock, peer)
             return
@@ -273,7 +316,8 @@ class JournalFront:
     def _close_all(self) -> None:
         for connection in list(self._connections):
             self._forget(connection)
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._selector.unregister(self.listener)
+        if not self._accept_paused_until:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(self.listener)
         self._selector.close()
         self.listener.close()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vms_adapter.errors import BAD_REQUEST, UNKNOWN_OPERATION, ProtocolError, Rejected
-from vms_adapter.protocol import Opcode
+from vms_adapter.protocol import Opcode, echo
 from vms_adapter.server.journal import Journal
 from vms_adapter.server.writer import AckRequest, CommitRequest, GroupCommit, IncomingRecord, SweepRequest
 
@@ -44,7 +44,8 @@ def _bad(message: str, **details: Any) -> Rejected:
 def _only_keys(body: dict[str, Any], allowed: tuple[str, ...], op: str) -> None:
     for key in body:
         if key not in allowed:
-            raise _bad(f"{op}: unknown key {key!r} (allowed: {', '.join(allowed) or 'none'})", field=key)
+            shown = echo(key)
+            raise _bad(f"{op}: unknown key {shown!r} (allowed: {', '.join(allowed) or 'none'})", field=shown)
 
 
 def _text(value: object, name: str, limit: int) -> str:

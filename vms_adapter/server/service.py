@@ -118,11 +118,7 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
     print(f"listening on {host}:{port}", file=out, flush=True)
     while loop.is_alive() and not stopping.wait(MAIN_WAKE_S):
         pass  # the main thread only waits, so that signals are handled promptly
-    code = shut_down(journal, loop, fatal, err=err)
-    if front.failure is not None and code == EXIT_OK:
-        print(f"xpipe-journal: stopped: {front.failure}", file=err)
-        return EXIT_STORAGE_FAILED
-    return code
+    return shut_down(journal, loop, fatal, err=err)
 
 
 def shut_down(
@@ -153,7 +149,7 @@ def shut_down(
         journal.take_snapshot(background=False)
     journal.close()
     if fatal:
-        print(f"xpipe-journal: stopped after a storage failure: {fatal[0]}", file=err)
+        print(f"xpipe-journal: stopped after a failure (no snapshot taken): {fatal[0]}", file=err)
         return EXIT_STORAGE_FAILED
     log.info("stopped cleanly at seq %d", journal.state.last_seq)
     return EXIT_OK

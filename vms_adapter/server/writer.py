@@ -200,7 +200,7 @@ class GroupCommit:
             if self._buffer:
                 self.journal.segments.append(bytes(self._buffer))
         except StorageFailure as exc:
-            self._fail(str(exc))
+            self.fail_stop(str(exc))
             return False
         finally:
             self._buffer.clear()
@@ -220,10 +220,10 @@ class GroupCommit:
         try:
             self.journal.after_group()
         except StorageFailure as exc:
-            self._fail(str(exc))
+            self.fail_stop(str(exc))
         except Exception as exc:  # e.g. a model that cannot dump its state for a snapshot
             log.exception("between-groups work failed")
-            self._fail(f"unexpected error between groups: {exc!r}")
+            self.fail_stop(f"unexpected error between groups: {exc!r}")
 
     def commit_now(self, request: WriteRequest) -> dict[str, Any]:
         """Stage ``request`` alone and flush it: for tools and tests that run without the loop."""
@@ -238,9 +238,9 @@ class GroupCommit:
 
     def _break(self, reason: str) -> None:
         self._broken = reason
-        self._fail(reason)
+        self.fail_stop(reason)
 
-    def _fail(self, reason: str) -> None:
+    def fail_stop(self, reason: str) -> None:
         """Fail-stop: no retry over a failed write or fsync (PostgreSQL's lesson); the service exits."""
         if self.journal.failed is not None:
             return
