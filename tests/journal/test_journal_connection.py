@@ -1,18 +1,23 @@
-"""One connection of the service loop, in process: the real ``Connection`` over a real socket pair, in
-front of the real operations and journal, driven step by step the way the loop drives it."""
+"""The service loop in process: the real ``Connection`` over a real socket pair, in front of the real
+operations and journal, driven step by step the way the loop drives it; and the loop's own fail-stop."""
 
 from __future__ import annotations
 
+import io
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vms_adapter import protocol
+from vms_adapter.client import JournalClient
 from vms_adapter.protocol import Opcode
 from vms_adapter.server import connection as connection_module
+from vms_adapter.server import service, snapshots
 from vms_adapter.server.connection import Connection, Limits
+from vms_adapter.server.front import JournalFront
 from vms_adapter.server.journal import Journal, StorageOptions
 from vms_adapter.server.open_model import OpenModel
 from vms_adapter.server.operations import Operations
@@ -156,3 +161,41 @@ def test_a_round_answers_at_most_its_budget_of_one_connections_requests(
     connection.release_held()
     connection.send(0.0)
     assert peer.ready_ids() == [18]
+
+
+def test_a_failure_of_the_loop_itself_is_a_fail_stop_without_snapshot(tmp_path: Path) -> None:
+    """Before: an exception that ended the loop left ``fatal`` empty, so the shutdown snapshotted state
+    that could hold staged transactions never written; after a restart a retried key came back as a
+    duplicate of a commit that was not on disk."""
+    journal = Journal.open(str(tmp_path / "j"), OpenModel, StorageOptions())
+    fatal: list[str] = []
+    writer = GroupCommit(journal, on_fatal=fatal.append)
+    operations = Operations(journal, writer)
+    front = JournalFront(
+        operations,
+        host="127.0.0.1",
+        port=0,
+        secret=None,
+        tls=None,
+        max_connections=8,
+        idle_timeout_s=30.0,
+        frame_timeout_s=5.0,
+    )
+    loop = threading.Thread(target=front.serve_until_stopped, daemon=True)
+    loop.start()
+    with JournalClient("127.0.0.1", front.address[1], retry_deadline=2.0) as client:
+        assert client.commit(None, [{"type": "x-a"}], idempotency_key="k1").seq == 1
+
+        def failing_select(timeout: float | None = None) -> list[object]:
+            raise OSError(9, "Bad file descriptor")  # what select() says of a closed descriptor
+
+        front._selector.select = failing_select  # type: ignore[method-assign]
+        loop.join(TIMEOUT_S)
+    assert not loop.is_alive()
+    assert front.failure is not None
+    assert len(fatal) == 1
+    assert "service loop failed" in fatal[0]
+    err = io.StringIO()
+    assert service.shut_down(journal, loop, fatal, err=err) == service.EXIT_STORAGE_FAILED
+    assert "no snapshot" in err.getvalue()
+    assert snapshots.list_snapshots(str(tmp_path / "j")) == []
