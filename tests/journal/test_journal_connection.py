@@ -189,7 +189,7 @@ def test_a_failure_of_the_loop_itself_is_a_fail_stop_without_snapshot(tmp_path: 
         def failing_select(timeout: float | None = None) -> list[object]:
             raise OSError(9, "Bad file descriptor")  # what select() says of a closed descriptor
 
-        front._selector.select = failing_select  # type: ignore[method-assign]
+        front._selector.select = failing_select  # type: ignore[method-assign,assignment]
         loop.join(TIMEOUT_S)
     assert not loop.is_alive()
     assert front.failure is not None
