@@ -210,6 +210,7 @@ class FunctionServer:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)  # poll interval while waiting on a condition with a deadline
+        self.stop()  # a fixture that fails here never reaches its own stop(): do not leave the server behind
         raise AssertionError(f"{self.name} not answering 200 on {path} within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
