@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from xpipe.events import EXT_JOB, EXT_STEP
+from xpipe.event_names import EXT_JOB, EXT_STEP
 
 VARIABLE = "K_CE_OVERRIDES"
 # CloudEvents 1.0: attribute names MUST be lower-case ASCII letters or digits (and SHOULD NOT exceed 20

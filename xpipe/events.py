@@ -13,28 +13,58 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-# Event types (CloudEvents `type` attribute).
-PIPELINE_SUBMIT = "com.xpipe.pipeline.submit"
-JOB_REGISTERED = "com.xpipe.job.registered"
-STEP_RUN = "com.xpipe.step.run"
-STEP_HEARTBEAT = "com.xpipe.step.heartbeat"
-STEP_FINISHED = "com.xpipe.step.finished"
-STEP_CANCEL = "com.xpipe.step.cancel"
-JOB_ROLLBACK_REQUESTED = "com.xpipe.job.rollback.requested"
-JOB_DIAGNOSTIC_REQUESTED = "com.xpipe.job.diagnostic.requested"
-JOB_FINISHED = "com.xpipe.job.finished"
-PING = "dev.knative.sources.ping"
-APISERVER_PREFIX = "dev.knative.apiserver.resource."
+# The names (event types, extension attributes) live in the stdlib-only xpipe.event_names; they are
+# re-exported here so that `from xpipe.events import ...` keeps giving every name of the contract.
+from xpipe.event_names import (
+    APISERVER_PREFIX,
+    EXT_ERROR_CODE,
+    EXT_ERROR_DATA,
+    EXT_ERROR_DEST,
+    EXT_JOB,
+    EXT_STEP,
+    JOB_DIAGNOSTIC_REQUESTED,
+    JOB_FINISHED,
+    JOB_REGISTERED,
+    JOB_ROLLBACK_REQUESTED,
+    PING,
+    PIPELINE_SUBMIT,
+    STEP_CANCEL,
+    STEP_FINISHED,
+    STEP_HEARTBEAT,
+    STEP_RUN,
+)
 
-# Extension attributes carried by every xpipe event so that Triggers can route on them
-# (Trigger filters cannot look into `data`).
-EXT_JOB = "xpipejob"
-EXT_STEP = "xpipestep"
-
-# Extensions the Knative broker adds to a dead letter.
-EXT_ERROR_DEST = "knativeerrordest"
-EXT_ERROR_CODE = "knativeerrorcode"
-EXT_ERROR_DATA = "knativeerrordata"
+__all__ = [
+    "APISERVER_PREFIX",
+    "EXT_ERROR_CODE",
+    "EXT_ERROR_DATA",
+    "EXT_ERROR_DEST",
+    "EXT_JOB",
+    "EXT_STEP",
+    "JOB_DIAGNOSTIC_REQUESTED",
+    "JOB_FINISHED",
+    "JOB_REGISTERED",
+    "JOB_ROLLBACK_REQUESTED",
+    "PING",
+    "PIPELINE_SUBMIT",
+    "STEP_CANCEL",
+    "STEP_FINISHED",
+    "STEP_HEARTBEAT",
+    "STEP_RUN",
+    "SUMMARY_MAX_BYTES",
+    "EventData",
+    "JobDiagnosticRequested",
+    "JobFinished",
+    "JobRegistered",
+    "JobRollbackRequested",
+    "ParamValue",
+    "PipelineSubmit",
+    "StepCancel",
+    "StepFinished",
+    "StepHeartbeat",
+    "StepOutcome",
+    "StepRun",
+]
 
 ParamValue = str | int | float | bool
 StepOutcome = Literal["succeeded", "failed", "cancelled", "timed-out"]

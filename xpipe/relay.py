@@ -22,15 +22,14 @@ import hashlib
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.http import CloudEvent
-from pydantic import BaseModel, ValidationError
 
 from xpipe import logs
 from xpipe.auth import Caller
 from xpipe.errors import MalformedEvent
-from xpipe.events import (
+from xpipe.event_names import (
     APISERVER_PREFIX,
     EXT_ERROR_CODE,
     EXT_ERROR_DATA,
@@ -39,12 +38,16 @@ from xpipe.events import (
     PING,
     STEP_FINISHED,
     STEP_HEARTBEAT,
-    StepFinished,
-    StepHeartbeat,
 )
 from xpipe.http import event_data
 from xpipe.journal import MAX_KEY_CHARS, MAX_RECORD_BYTES, JobJournal, idempotency_key
 from xpipe.outbox import Outbox
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+# The payload models (pydantic) are imported where an event needs one, not at start-up: loading pydantic
+# and building them is about a third of a function's cold start (xpipe/event_names.py).
 
 log = logging.getLogger("xpipe.relay")
 
@@ -54,6 +57,8 @@ _CE_CORE = {"id", "type", "source", "specversion", "subject", "time", "dataconte
 
 
 def _model(model: type[BaseModel], event: CloudEvent) -> Any:
+    from pydantic import ValidationError  # noqa: PLC0415 - see above
+
     try:
         return model.model_validate(event_data(event))
     except ValidationError as exc:
@@ -184,10 +189,14 @@ class HealthRelay:
             )
             self._commit(job_id, "DEAD_LETTER", data, dead_letter_key(event))
         elif kind == STEP_HEARTBEAT:
+            from xpipe.events import StepHeartbeat  # noqa: PLC0415 - see above
+
             beat: StepHeartbeat = _model(StepHeartbeat, event)
             logs.bind_job(beat.job_id)
             self._commit(beat.job_id, "HEARTBEAT", _fact(beat.to_json_dict()), key)
         elif kind == STEP_FINISHED:
+            from xpipe.events import StepFinished  # noqa: PLC0415 - see above
+
             finished: StepFinished = _model(StepFinished, event)
             logs.bind_job(finished.job_id)
             self._commit(finished.job_id, "STEP_FINISHED", _fact(finished.to_json_dict()), key)

@@ -29,27 +29,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.http import CloudEvent
-from pydantic import ValidationError
 
 from xpipe import logs
 from xpipe.auth import Caller
 from xpipe.backends.base import BackendError, ExecutionBackend
 from xpipe.errors import MalformedEvent
-from xpipe.events import (
-    EXT_STEP,
-    JOB_DIAGNOSTIC_REQUESTED,
-    JOB_ROLLBACK_REQUESTED,
-    STEP_CANCEL,
-    JobDiagnosticRequested,
-    JobRollbackRequested,
-    StepCancel,
-)
+from xpipe.event_names import EXT_STEP, JOB_DIAGNOSTIC_REQUESTED, JOB_ROLLBACK_REQUESTED, STEP_CANCEL
 from xpipe.http import event_data
 from xpipe.journal import MAX_RECORD_BYTES, JobJournal, idempotency_key
 from xpipe.outbox import Outbox
+
+if TYPE_CHECKING:
+    from xpipe.events import JobDiagnosticRequested, JobRollbackRequested
+
+# The payload models (pydantic) are imported where an event needs one, not at start-up: loading pydantic
+# and building them is about a third of a function's cold start (xpipe/event_names.py).
 
 log = logging.getLogger("xpipe.rollback")
 
@@ -89,6 +86,8 @@ def fit_report(report: dict[str, Any], max_bytes: int = MAX_RECORD_BYTES) -> dic
 def _directive(
     event: CloudEvent, model: type[JobRollbackRequested | JobDiagnosticRequested]
 ) -> tuple[str, dict[str, Any]]:
+    from pydantic import ValidationError  # noqa: PLC0415 - see above
+
     try:
         request = model.model_validate(event_data(event))
     except ValidationError as exc:
@@ -131,6 +130,8 @@ class Countermeasures:
         key = idempotency_key(event["source"], event["id"])
         log.debug("countermeasure requested", extra={"eventType": event["type"], "caller": caller.name})
         if event["type"] == JOB_ROLLBACK_REQUESTED:
+            from xpipe.events import JobRollbackRequested  # noqa: PLC0415 - see above
+
             job_id, directive = _directive(event, JobRollbackRequested)
             logs.bind_job(job_id)
             action = directive["action"]
@@ -143,6 +144,8 @@ class Countermeasures:
             else:
                 raise MalformedEvent(f"unknown rollback action {action!r}")
         elif event["type"] == JOB_DIAGNOSTIC_REQUESTED:
+            from xpipe.events import JobDiagnosticRequested  # noqa: PLC0415 - see above
+
             job_id, directive = _directive(event, JobDiagnosticRequested)
             logs.bind_job(job_id)
             if directive["action"] != "diagnose":
@@ -154,6 +157,10 @@ class Countermeasures:
             raise MalformedEvent(f"rollback does not handle {event['type']!r} events")
 
     def _cancel(self, event: CloudEvent) -> None:
+        from pydantic import ValidationError  # noqa: PLC0415 - see above
+
+        from xpipe.events import StepCancel  # noqa: PLC0415
+
         try:
             cancel = StepCancel.model_validate(event_data(event))
         except ValidationError as exc:

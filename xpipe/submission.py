@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.http import CloudEvent
 from pydantic import ValidationError
@@ -24,11 +24,14 @@ from xpipe import logs
 from xpipe.auth import Caller
 from xpipe.backends.base import ExecutionBackend, StepServiceSpec
 from xpipe.errors import InvalidParams, MalformedEvent, UnprocessableRequest
-from xpipe.events import EXT_JOB, JOB_REGISTERED, PIPELINE_SUBMIT, JobRegistered, PipelineSubmit
+from xpipe.event_names import EXT_JOB, JOB_REGISTERED, PIPELINE_SUBMIT
 from xpipe.http import event_data
 from xpipe.journal import JobJournal, idempotency_key
 from xpipe.outbox import Outbox
 from xpipe.templates import Catalog, resolve
+
+if TYPE_CHECKING:
+    from xpipe.events import PipelineSubmit
 
 log = logging.getLogger("xpipe.submission")
 
@@ -50,6 +53,9 @@ def parse_submit(event: CloudEvent) -> PipelineSubmit:
     """The submit payload; a wrong type or shape is a 400, a param value of no JSON scalar type a 422."""
     if event["type"] != PIPELINE_SUBMIT:
         raise MalformedEvent(f"submit accepts {PIPELINE_SUBMIT} events, not {event['type']!r}")
+    # The event models are built on the first submit rather than at start-up (xpipe/event_names.py).
+    from xpipe.events import PipelineSubmit  # noqa: PLC0415
+
     try:
         return PipelineSubmit.model_validate(event_data(event))
     except ValidationError as exc:
@@ -118,6 +124,8 @@ class Submission:
                    "caller": caller.name},
         )  # fmt: skip
         self.outbox.deliver(committed.directives)
+        from xpipe.events import JobRegistered  # noqa: PLC0415 - see parse_submit
+
         registered = JobRegistered(
             job_id=committed.job_id,
             state=committed.state or REGISTERED_STATE,
