@@ -103,7 +103,13 @@ class JobModel(Protocol):
         ...
 
     def dump_state(self) -> dict[str, Any]:
-        """The whole state as JSON-ready data, for a snapshot."""
+        """The whole state as JSON-ready data: a copy, which later decisions do not change."""
+        ...
+
+    def state_for_snapshot(self) -> dict[str, Any]:
+        """What ``dump_state`` gives, without the copy: for the snapshot, which encodes it at once on the
+        thread that owns the model (the service loop, which it stalls meanwhile: a copy would only add
+        to the stall)."""
         ...
 
     def load_state(self, data: dict[str, Any]) -> None:

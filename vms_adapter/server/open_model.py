@@ -67,6 +67,9 @@ class OpenModel:
         return summaries, (page[-1] if len(ids) > limit else None)
 
     def dump_state(self) -> dict[str, Any]:
+        return {"history": {job: list(records) for job, records in self._history.items()}}
+
+    def state_for_snapshot(self) -> dict[str, Any]:
         return {"history": self._history}
 
     def load_state(self, data: dict[str, Any]) -> None:

@@ -299,9 +299,11 @@ class JobStateMachine:
     # -- snapshots ---------------------------------------------------------------------------------
 
     def dump_state(self) -> dict[str, Any]:
-        state = {"format": STATE_FORMAT, "jobs": self._jobs, "history": self._history, "pods": self._pods}
-        copy: dict[str, Any] = json.loads(json.dumps(state))
+        copy: dict[str, Any] = json.loads(json.dumps(self.state_for_snapshot()))
         return copy
+
+    def state_for_snapshot(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "jobs": self._jobs, "history": self._history, "pods": self._pods}
 
     def load_state(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
