@@ -335,7 +335,7 @@ def test_a_failure_between_groups_stops_the_journal(tmp_path: Path) -> None:
     must be a fail-stop like a storage failure."""
 
     class UndumpableModel(OpenModel):
-        def state_for_snapshot(self) -> dict[str, Any]:
+        def snapshot_json(self) -> str:
             raise RuntimeError("state cannot be dumped")
 
     stopped: list[str] = []

@@ -212,7 +212,7 @@ class Journal:
         # The slow part, encoding the idempotency index and writing the file, runs in the background.
         self.state.forget_keys_before(time.time() - self.options.key_retention_s)
         last_seq, segment, offset = self.state.last_seq, self.segments.name, self.segments.offset
-        model_json = snapshots.encode_model_state(self.model.state_for_snapshot())
+        model_json = self.model.snapshot_json()
         state_copy = self.state.copy()
         self._since_snapshot = 0
 

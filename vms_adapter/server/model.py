@@ -106,10 +106,9 @@ class JobModel(Protocol):
         """The whole state as JSON-ready data: a copy, which later decisions do not change."""
         ...
 
-    def state_for_snapshot(self) -> dict[str, Any]:
-        """What ``dump_state`` gives, without the copy: for the snapshot, which encodes it at once on the
-        thread that owns the model (the service loop, which it stalls meanwhile: a copy would only add
-        to the stall)."""
+    def snapshot_json(self) -> str:
+        """What ``dump_state`` gives, as JSON text: for the snapshot, taken on the thread that owns the
+        model (the service loop, which it stalls meanwhile), so it should cost as little as it can."""
         ...
 
     def load_state(self, data: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ Standard library only: this module runs on VSI Python 3.10 for OpenVMS.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,8 +70,8 @@ class OpenModel:
     def dump_state(self) -> dict[str, Any]:
         return {"history": {job: list(records) for job, records in self._history.items()}}
 
-    def state_for_snapshot(self) -> dict[str, Any]:
-        return {"history": self._history}
+    def snapshot_json(self) -> str:
+        return json.dumps({"history": self._history}, ensure_ascii=False, separators=(",", ":"))
 
     def load_state(self, data: dict[str, Any]) -> None:
         self._history = {str(k): list(v) for k, v in data.get("history", {}).items()}

@@ -1,5 +1,5 @@
-"""Snapshots: storage state plus ``model.dump_state()`` at a journal position, so restart does not replay
-the whole history.
+"""Snapshots: storage state plus the model's state (``snapshot_json``) at a journal position, so restart
+does not replay the whole history.
 
 A snapshot file ``snap-<last seq>.json`` has two lines: a header ``{"format":1,"length":N,"crc32":C}``
 and the body (N bytes of JSON: position, storage state, model state) whose CRC-32 is C. It is written
@@ -42,13 +42,8 @@ class Snapshot:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def encode_model_state(model: dict[str, Any]) -> str:
-    """The model's part of a snapshot as JSON text (taken in the writer thread, so it is consistent)."""
-    return _ENCODER.encode(model)
-
-
 def encode_snapshot(*, last_seq: int, segment: str, offset: int, state_json: str, model_json: str) -> bytes:
-    """The snapshot file from its parts' JSON (``JournalState.dump_json``, ``encode_model_state``)."""
+    """The snapshot file from its parts' JSON (``JournalState.dump_json``, the model's ``snapshot_json``)."""
     head = _ENCODER.encode({"lastSeq": last_seq, "segment": segment, "offset": offset})[:-1]
     body = (head + ',"state":' + state_json + ',"model":' + model_json + "}").encode("utf-8")
     header = json.dumps({"format": SNAPSHOT_FORMAT, "length": len(body), "crc32": zlib.crc32(body)})

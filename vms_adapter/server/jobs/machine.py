@@ -30,6 +30,7 @@ INVALID_TRANSITION = "INVALID_TRANSITION"
 UNKNOWN_JOB = "UNKNOWN_JOB"
 UNKNOWN_DIRECTIVE = "UNKNOWN_DIRECTIVE"
 STATE_FORMAT = 1
+_SNAPSHOT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # The directives of one SWEEP reply must fit a frame body (with room for the reply's other keys).
 SWEEP_REPLY_MAX_BYTES = MAX_BODY_BYTES - 4_000
 
@@ -120,6 +121,7 @@ class JobStateMachine:
         self._outbox: dict[str, str] = {}  # pending directive id -> job id
         self._active: dict[str, None] = {}  # unfinished job ids, in registration order
         self._handed_out: dict[str, float] = {}  # directive id -> when last handed out (volatile)
+        self._encoded: dict[str, tuple[str, str]] = {}  # job id -> its job and history JSON (snapshots)
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class JobStateMachine:
 
     def evolve(self, record: Record) -> None:
         kind, job_id, data, t = record.type, record.job_id, record.data, record.time
+        self._encoded.pop(job_id, None)  # whatever this record changes of the job, its JSON is stale
         if rt.is_annotation(kind):
             if job_id in self._history:
                 self._remember(record)
@@ -299,11 +302,29 @@ class JobStateMachine:
     # -- snapshots ---------------------------------------------------------------------------------
 
     def dump_state(self) -> dict[str, Any]:
-        copy: dict[str, Any] = json.loads(json.dumps(self.state_for_snapshot()))
+        copy: dict[str, Any] = json.loads(self.snapshot_json())
         return copy
 
-    def state_for_snapshot(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "jobs": self._jobs, "history": self._history, "pods": self._pods}
+    def snapshot_json(self) -> str:
+        """The state as JSON text, from each job's text kept since it last changed: a snapshot encodes
+        only the jobs that changed since the one before (finished jobs never change), not the whole
+        history again, so the loop's stall stays about the same as the journal grows."""
+        jobs, history = [], []
+        for job_id, job in self._jobs.items():
+            encoded = self._encoded.get(job_id)
+            if encoded is None:
+                key = _SNAPSHOT_JSON.encode(job_id)
+                encoded = (
+                    f"{key}:{_SNAPSHOT_JSON.encode(job)}",
+                    f"{key}:{_SNAPSHOT_JSON.encode(self._history[job_id])}",
+                )
+                self._encoded[job_id] = encoded
+            jobs.append(encoded[0])
+            history.append(encoded[1])
+        return (
+            f'{{"format":{STATE_FORMAT},"jobs":{{{",".join(jobs)}}},"history":{{{",".join(history)}}},'
+            f'"pods":{_SNAPSHOT_JSON.encode(self._pods)}}}'
+        )
 
     def load_state(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
@@ -312,6 +333,7 @@ class JobStateMachine:
         self._jobs = copy["jobs"]
         self._history = copy["history"]
         self._pods = copy["pods"]
+        self._encoded = {}
         self._order = sorted((job["registeredSeq"], job_id) for job_id, job in self._jobs.items())
         self._active = {job_id: None for _, job_id in self._order if not self._jobs[job_id]["finished"]}
         self._outbox = {}
