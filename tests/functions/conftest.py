@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from functions_harness import EventSink, JournalProcess, StepHost, write_tokens
+from functions_harness import JournalProcess, StepHost, write_tokens
+from support.event_sink import EventSink
 
 from vms_adapter.client import JournalClient
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from step_harness import EventSink, RuntimeProcess, start_runtime
+from step_harness import RuntimeProcess, start_runtime
+from support.event_sink import EventSink
 
 
 @pytest.fixture(scope="module")

@@ -8,71 +8,20 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from support.waiting import wait_until
 
 STEP_PROGRAM = str(Path(__file__).with_name("step_program.py"))
 PROGRAM_ARGV = [sys.executable, STEP_PROGRAM, "{{ params.action }}", "{{ params.arg }}", "{{ params.out }}"]
 OVERRIDES = '{"extensions": {"xpipecluster": "test-cluster"}}'
-
-
-class EventSink:
-    """An HTTP receiver standing in for K_SINK: records every CloudEvent posted to it."""
-
-    def __init__(self) -> None:
-        self.events: list[CloudEvent] = []
-        self._changed = threading.Condition()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                event = from_http(dict(self.headers.items()), body)
-                with sink._changed:
-                    sink.events.append(event)
-                    sink._changed.notify_all()
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1})
-        self._thread.start()
-
-    def matching(self, predicate: Callable[[CloudEvent], bool]) -> list[CloudEvent]:
-        with self._changed:
-            return [event for event in self.events if predicate(event)]
-
-    def wait_for(
-        self, predicate: Callable[[CloudEvent], bool], count: int = 1, timeout: float = 10.0
-    ) -> list[CloudEvent]:
-        """The matching events once there are at least `count` of them; fails after `timeout` seconds."""
-        with self._changed:
-            ok = self._changed.wait_for(
-                lambda: sum(1 for event in self.events if predicate(event)) >= count, timeout
-            )
-            found = [event for event in self.events if predicate(event)]
-        assert ok, f"expected {count} matching events within {timeout}s, got {len(found)}"
-        return found
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 def heartbeats_of(job_id: str) -> Callable[[CloudEvent], bool]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cloudevents.http import from_http
-from step_harness import EventSink, RuntimeProcess, heartbeats_of, release_fifo, start_runtime
+from step_harness import RuntimeProcess, heartbeats_of, release_fifo, start_runtime
+from support.event_sink import EventSink
 from support.waiting import wait_until
 
 STEP_RUN_HEADERS = {
