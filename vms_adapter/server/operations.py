@@ -25,10 +25,10 @@ MAX_ID_CHARS = 128
 MAX_TYPE_CHARS = 128
 MAX_KEY_CHARS = 256
 MAX_RECORDS = 1000
-# Nesting levels of a record's data. Python's JSON coder recurses, and the writer re-encodes every record
-# with less stack to spare than the connection thread that decoded it: data nested close to the
-# interpreter's limit (about 1,000 levels, which fit in one frame) was accepted and then failed in the
-# writer thread, which stopped the whole service. No pipeline fact needs more than a few levels.
+# Nesting levels of a record's data. Python's JSON coder recurses, and staging re-encodes every record
+# deeper in the stack than where it was decoded: data nested close to the interpreter's limit (about
+# 1,000 levels, which fit in one frame) was accepted and then failed while staging, which stopped the
+# whole service. No pipeline fact needs more than a few levels.
 MAX_DATA_DEPTH = 64
 MAX_ACK_IDS = 1000
 MAX_PAGE = 1000

@@ -27,7 +27,7 @@ class StorageFailure(Exception):
 
 
 class SegmentWriter:
-    """Owns the open tail segment; only the writer thread calls it."""
+    """Owns the open tail segment; only the service loop (its group commit) calls it."""
 
     def __init__(self, data_dir: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.data_dir = data_dir

@@ -29,7 +29,7 @@ def _encode_in_chunks(mapping: dict[str, Any], chunk: int) -> str:
     items = list(mapping.items())
     for start in range(0, len(items), chunk):
         pieces.append(_ENCODER.encode(dict(items[start : start + chunk]))[1:-1])
-        time.sleep(0)  # let connection and writer threads run
+        time.sleep(0)  # let the service loop run (this encoding is a snapshot's background part)
     return "{" + ",".join(pieces) + "}"
 
 
