@@ -246,6 +246,6 @@ class GroupCommit:
             return
         self._broken = reason
         self.journal.failed = reason
-        log.critical("journal storage failed, stopping: %s", reason)
+        log.critical("journal fail-stop, the service exits: %s", reason)
         if self._on_fatal is not None:
             self._on_fatal(reason)
