@@ -77,16 +77,16 @@ def _number(value: object, name: str) -> float:
 
 def _depth(value: object) -> int:
     """How deeply ``value`` nests arrays and objects (a scalar is 0), without recursing."""
-    deepest, level = 0, [(value, 0)]
-    while level:
+    containers = (dict, list)
+    deepest, level = 0, [(value, 1)] if isinstance(value, containers) else []
+    while level:  # only containers are pushed: scalars, most of any record, cost nothing here
         item, depth = level.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth + 1)
-        if deepest > MAX_DATA_DEPTH:
-            break
-        level.extend((child, depth + 1) for child in children)
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DATA_DEPTH:
+                break
+        children = item.values() if isinstance(item, dict) else item
+        level.extend((child, depth + 1) for child in children if isinstance(child, containers))
     return deepest
 
 
