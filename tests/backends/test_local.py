@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.processes import stop_process
 from support.waiting import wait_until
 
 from xpipe.backends.base import BackendUnavailable, InvalidSpec, NotFound, StepServiceSpec
@@ -62,13 +63,7 @@ class Host:
     url: str
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 20.0)
         return self.process.returncode
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from functions_harness import JournalProcess, StepHost, write_tokens
+from functions_harness import FunctionServer, JournalProcess, StepHost, function_env, write_tokens
 from support.event_sink import EventSink
 
 from vms_adapter.client import JournalClient
@@ -47,3 +47,44 @@ def step_host(workdir: Path, sink: EventSink) -> Iterator[StepHost]:
 def client(journal: JournalProcess) -> Iterator[JournalClient]:
     with journal.client() as journal_client:
         yield journal_client
+
+
+def _local_function(
+    name: str,
+    request: pytest.FixtureRequest,
+    journal: JournalProcess,
+    sink: EventSink,
+    tokens: Path,
+    workdir: Path,
+    step_host: StepHost,
+) -> Iterator[FunctionServer]:
+    """``name`` served on the local backend (the real step host), ready; stopped after the module."""
+    env = function_env(journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url)
+    log = workdir / f"{name}-{request.module.__name__}.log"
+    server = FunctionServer(name, env, log).wait_until("/health/readiness")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def submit(
+    request: pytest.FixtureRequest,
+    journal: JournalProcess,
+    sink: EventSink,
+    tokens: Path,
+    workdir: Path,
+    step_host: StepHost,
+) -> Iterator[FunctionServer]:
+    yield from _local_function("submit", request, journal, sink, tokens, workdir, step_host)
+
+
+@pytest.fixture(scope="module")
+def rollback(
+    request: pytest.FixtureRequest,
+    journal: JournalProcess,
+    sink: EventSink,
+    tokens: Path,
+    workdir: Path,
+    step_host: StepHost,
+) -> Iterator[FunctionServer]:
+    yield from _local_function("rollback", request, journal, sink, tokens, workdir, step_host)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import httpx
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 from support.event_sink import EventSink
+from support.processes import stop_process
 
 from vms_adapter.client import JournalClient
 from xpipe.auth import token_digest
@@ -90,13 +90,8 @@ class JournalProcess:
         return JournalClient("127.0.0.1", self.port, retry_deadline=2.0)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        if self.process is not None:
+            stop_process(self.process, 15.0)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
@@ -153,13 +148,7 @@ class FunctionServer:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, 15.0)
 
     def post(
         self,
@@ -248,13 +237,7 @@ class StepHost:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, 20.0)
 
 
 def wait_for_directive(client: JournalClient, job_id: str, directive_id: str, status: str) -> None:

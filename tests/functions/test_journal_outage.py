@@ -3,33 +3,17 @@ the redelivered event then takes effect exactly once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cloudevents.http import from_http
 from functions_harness import (
     SUBMIT_TOKEN,
     EventSink,
     FunctionServer,
     JournalProcess,
-    StepHost,
     cloud_event,
-    function_env,
     journal_counts,
 )
 
 from xpipe.events import PIPELINE_SUBMIT
-
-
-@pytest.fixture(scope="module")
-def submit(
-    journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
-) -> Iterator[FunctionServer]:
-    env = function_env(journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url)
-    server = FunctionServer("submit", env, workdir / "submit.log").wait_until("/health/readiness")
-    yield server
-    server.stop()
 
 
 def test_journal_down_gives_503_and_the_retried_event_registers_one_job(

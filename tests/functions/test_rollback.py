@@ -4,20 +4,15 @@ saga the journal directs (start, compensation dispatch, revert, diagnosis) carri
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-import pytest
 from functions_harness import (
     RELAY_TOKEN,
     SUBMIT_TOKEN,
     EventSink,
     FunctionServer,
-    JournalProcess,
     StepHost,
-    function_env,
     journal_counts,
 )
 
@@ -25,16 +20,6 @@ from vms_adapter.client import JournalClient
 from xpipe.backends.base import StepServiceSpec
 from xpipe.events import EXT_JOB, EXT_STEP, JOB_DIAGNOSTIC_REQUESTED, JOB_ROLLBACK_REQUESTED, STEP_RUN
 from xpipe.outbox import directive_event
-
-
-@pytest.fixture(scope="module")
-def rollback(
-    journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
-) -> Iterator[FunctionServer]:
-    env = function_env(journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url)
-    server = FunctionServer("rollback", env, workdir / "rollback.log").wait_until("/health/readiness")
-    yield server
-    server.stop()
 
 
 def step(name: str, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,8 @@ from functions_harness import (
     RELAY_TOKEN,
     EventSink,
     FunctionServer,
-    JournalProcess,
     StepHost,
     cloud_event,
-    function_env,
     journal_counts,
 )
 
@@ -34,16 +31,6 @@ from xpipe.outbox import directive_event
 # A step that runs far longer than any test waits: only a stop can end it in time.
 LONG_COMMAND = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
 CANCEL_DEADLINE_SECONDS = 15.0
-
-
-@pytest.fixture(scope="module")
-def rollback(
-    journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
-) -> Iterator[FunctionServer]:
-    env = function_env(journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url)
-    server = FunctionServer("rollback", env, workdir / "cancel-rollback.log").wait_until("/health/readiness")
-    yield server
-    server.stop()
 
 
 def commit(client: JournalClient, job_id: str | None, record_type: str, data: dict[str, Any]) -> Any:

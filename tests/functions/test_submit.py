@@ -8,7 +8,6 @@ import select
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,6 @@ from functions_harness import (
 
 from vms_adapter.client import JournalClient
 from xpipe.events import EXT_JOB, EXT_STEP, JOB_REGISTERED, PIPELINE_SUBMIT, STEP_FINISHED, STEP_RUN
-
-
-@pytest.fixture(scope="module")
-def submit(
-    journal: JournalProcess, sink: EventSink, tokens: Path, workdir: Path, step_host: StepHost
-) -> Iterator[FunctionServer]:
-    env = function_env(journal, sink, tokens, XPIPE_BACKEND="local", XPIPE_LOCAL_STEP_HOST=step_host.url)
-    server = FunctionServer("submit", env, workdir / "submit.log").wait_until("/health/readiness")
-    yield server
-    server.stop()
 
 
 def submit_event(template: str = "demo-ok", params: dict[str, Any] | None = None, **data: Any) -> CloudEvent:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 from cloudevents.http import CloudEvent
+from support.processes import stop_process
 from support.waiting import wait_until
 
 STEP_PROGRAM = str(Path(__file__).with_name("step_program.py"))
@@ -53,13 +53,7 @@ class RuntimeProcess:
         return self.client.post(self.url, headers=headers, json=data)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 10.0)
         self.client.close()
         return self.process.returncode
 

@@ -157,15 +157,9 @@ class GroupCommit:
         self._on_fatal = on_fatal
         self._buffer = bytearray()
         self._staged = 0
-        self._broken: str | None = None  # a failure while staging: the group must not be written
         self._unfinished = False  # a group was written and its between-groups work is still to do
         self.groups = 0
         self.transactions = 0
-
-    @property
-    def pending(self) -> int:
-        """Transactions staged since the last flush (their replies must wait for it)."""
-        return self._staged
 
     def stage(self, request: WriteRequest) -> dict[str, Any]:
         """Decide and stage ``request`` into the open group; its reply (valid only once ``flush`` is True).
@@ -179,11 +173,11 @@ class GroupCommit:
         except JournalError:
             raise
         except StorageFailure as exc:
-            self._break(str(exc))
+            self.fail_stop(str(exc))
             raise JournalUnavailable("journal storage failed; the service is stopping") from None
         except Exception as exc:  # a bug in the model after state changed: stop like a storage failure
             log.exception("staging a transaction failed")
-            self._break(f"unexpected error while staging: {exc!r}")
+            self.fail_stop(f"unexpected error while staging: {exc!r}")
             raise JournalUnavailable("journal storage failed; the service is stopping") from None
         self._buffer += data
         self._staged += 1
@@ -194,7 +188,7 @@ class GroupCommit:
 
         Call ``between_groups`` after the replies are out.
         """
-        if self._broken is not None:
+        if self.journal.failed is not None:  # after a fail-stop nothing more is written
             return False
         try:
             if self._buffer:
@@ -236,15 +230,10 @@ class GroupCommit:
             raise JournalUnavailable("journal storage failed; the service is stopping")
         return reply
 
-    def _break(self, reason: str) -> None:
-        self._broken = reason
-        self.fail_stop(reason)
-
     def fail_stop(self, reason: str) -> None:
         """Fail-stop: no retry over a failed write or fsync (PostgreSQL's lesson); the service exits."""
         if self.journal.failed is not None:
             return
-        self._broken = reason
         self.journal.failed = reason
         log.critical("journal fail-stop, the service exits: %s", reason)
         if self._on_fatal is not None:
