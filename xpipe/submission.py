@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cloudevents.http import CloudEvent
-from pydantic import ValidationError
+from pydantic_core import ValidationError  # pydantic.ValidationError itself, without importing pydantic
 
 from xpipe import logs
 from xpipe.auth import Caller

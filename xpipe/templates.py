@@ -18,23 +18,15 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic.alias_generators import to_camel
+from pydantic_core import CoreConfig, SchemaValidator, ValidationError
+from pydantic_core import core_schema as cs
 
 from xpipe.backends.base import DEFAULT_HEARTBEAT_SECONDS, StepServiceSpec, step_service_name
 from xpipe.config import BUILTIN_TEMPLATES_DIR
@@ -68,17 +60,19 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 ParamType = Literal["string", "integer", "number", "boolean"]
 OnFailure = Literal["rollback", "diagnose", "rollback-and-diagnose", "none"]
+PARAM_TYPES: tuple[ParamType, ...] = ("string", "integer", "number", "boolean")
+ON_FAILURE: tuple[OnFailure, ...] = ("rollback", "diagnose", "rollback-and-diagnose", "none")
 
 
-class TemplateModel(BaseModel):
-    """Base for the YAML schema: camelCase keys as written in the files, unknown keys refused."""
+# The template classes are plain frozen dataclasses; the YAML schema they are read through is declared
+# further down (_TEMPLATE) with pydantic-core, pydantic's validation engine. Declaring the
+# schema directly, rather than as pydantic models, keeps `import pydantic` and its model building
+# (about 60 ms of CPU, a third of submit's cold start) out of submit's start-up, while validation, its
+# strict types and its error messages are pydantic's own.
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
-    )
 
-
-class ParamSpec(TemplateModel):
+@dataclass(frozen=True)
+class ParamSpec:
     """One parameter a submit may (or must) give."""
 
     type: ParamType = "string"
@@ -86,109 +80,81 @@ class ParamSpec(TemplateModel):
     required: bool = False
     default: str | int | float | bool | None = None
     pattern: str | None = None
-    max_length: int = Field(default=PARAM_VALUE_MAX_CHARS, ge=1, le=PARAM_VALUE_MAX_CHARS)
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ParamSpec:
-        if self.pattern is not None and self.type != "string":
-            raise ValueError("pattern applies to string params only")
-        if self.required and self.default is not None:
-            raise ValueError("a required param cannot have a default")
-        if self.default is not None:
-            problem = _type_problem(self, self.default)
-            if problem:
-                raise ValueError(f"default {self.default!r}: {problem}")
-        return self
+    max_length: int = PARAM_VALUE_MAX_CHARS
 
 
-class BackoffSpec(TemplateModel):
+@dataclass(frozen=True)
+class BackoffSpec:
     """Wait ``seconds * factor**(attempt-1)`` before a retry."""
 
-    seconds: float = Field(default=1.0, ge=0, le=3600)
-    factor: float = Field(default=2.0, ge=1, le=10)
+    seconds: float = 1.0
+    factor: float = 2.0
 
 
-class HealthSpec(TemplateModel):
+@dataclass(frozen=True)
+class HealthSpec:
     """How much bad pod health an attempt tolerates before the journal fails it."""
 
-    not_ready_seconds: int = Field(default=60, ge=1, le=3600)
-    max_restarts: int = Field(default=3, ge=0, le=100)
+    not_ready_seconds: int = 60
+    max_restarts: int = 3
 
 
-class CompensateSpec(TemplateModel):
+@dataclass(frozen=True)
+class CompensateSpec:
     """The command that undoes a succeeded step during a rollback (run as its own step service)."""
 
-    argv: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: int = Field(default=300, ge=MIN_TIMEOUT_SECONDS)
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: int = 300
     image: str | None = None
 
 
-class RevertSpec(TemplateModel):
+@dataclass(frozen=True)
+class RevertSpec:
     """A Knative Service whose traffic is pinned back to its previous ready revision on rollback."""
 
     kind: Literal["knative-traffic"]
-    service: str = Field(pattern=DNS_LABEL, max_length=63)
-    namespace: str = Field(pattern=DNS_LABEL, max_length=63)
+    service: str
+    namespace: str
 
 
-class StepSpec(TemplateModel):
+@dataclass(frozen=True)
+class StepSpec:
     """One step: a command run by the step runtime in its own scale-to-zero service."""
 
-    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    name: str
+    argv: list[str]
     image: str | None = None
-    argv: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: int = Field(default=300, ge=MIN_TIMEOUT_SECONDS)
-    retries: int = Field(default=0, ge=0, le=10)
-    backoff: BackoffSpec = Field(default_factory=BackoffSpec)
-    heartbeat_timeout_seconds: int = Field(default=30, ge=1, le=3600)
-    health: HealthSpec = Field(default_factory=HealthSpec)
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_seconds: int = 300
+    retries: int = 0
+    backoff: BackoffSpec = field(default_factory=BackoffSpec)
+    heartbeat_timeout_seconds: int = 30
+    health: HealthSpec = field(default_factory=HealthSpec)
     compensate: CompensateSpec | None = None
     revert: RevertSpec | None = None
 
 
-class Template(TemplateModel):
+@dataclass(frozen=True)
+class Template:
     """A pipeline template as written in one YAML file of the catalog."""
 
-    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    name: str
+    steps: list[StepSpec]
     description: str = ""
     on_failure: OnFailure = "rollback"
-    params: dict[str, ParamSpec] = Field(default_factory=dict)
-    steps: list[StepSpec] = Field(min_length=1, max_length=32)
-
-    @field_validator("params")
-    @classmethod
-    def _param_names(cls, value: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
-        for name in value:
-            if not re.match(PARAM_NAME, name):
-                raise ValueError(f"param name {name!r} must match {PARAM_NAME}")
-        return value
-
-    @field_validator("steps")
-    @classmethod
-    def _unique_steps(cls, value: list[StepSpec]) -> list[StepSpec]:
-        seen: set[str] = set()
-        for step in value:
-            if step.name in seen:
-                raise ValueError(f"step name {step.name!r} appears twice")
-            seen.add(step.name)
-        return value
-
+    params: dict[str, ParamSpec] = field(default_factory=dict)
     # Param-independent parts of a resolution, per default image (computed once: submit's hot path).
-    _layouts: dict[str, tuple[tuple[dict[str, Any], ...], tuple[StepServiceSpec, ...]]] = PrivateAttr(
-        default_factory=dict
+    _layouts: dict[str, tuple[tuple[dict[str, Any], ...], tuple[StepServiceSpec, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
+
+    @classmethod
+    def from_document(cls, document: object) -> Template:
+        """Validate a parsed YAML document against the schema; ``ValidationError`` names the field."""
+        template = _TEMPLATE_VALIDATOR.validate_python(document)
+        assert isinstance(template, Template)
+        return template
 
     @cached_property
     def option_prone_params(self) -> frozenset[str]:
@@ -202,7 +168,7 @@ class Template(TemplateModel):
     @cached_property
     def digest(self) -> str:
         """A stable digest of the parsed template: identifies the template version a job ran."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        canonical = json.dumps(_document(self), sort_keys=True)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     def layout(self, default_image: str) -> tuple[tuple[dict[str, Any], ...], tuple[StepServiceSpec, ...]]:
@@ -212,6 +178,181 @@ class Template(TemplateModel):
             found = _layout(self, default_image)
             self._layouts[default_image] = found
         return found
+
+
+def _camel(name: str) -> str:
+    """``timeout_seconds`` -> ``timeoutSeconds``: the key a template file uses for a field."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _document(value: object) -> object:
+    """A template (or part of one) as its full JSON document: camelCase keys, defaults filled in."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {_camel(f.name): _document(getattr(value, f.name)) for f in fields(value) if f.init}
+    if isinstance(value, dict):
+        return {key: _document(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_document(item) for item in value]
+    return value
+
+
+# --- The YAML schema ---------------------------------------------------------------------------------
+
+# Strict types as written in YAML ("3" is no integer); keys by their camelCase alias or field name.
+_CONFIG = CoreConfig(strict=True, validate_by_alias=True, validate_by_name=True)
+
+
+def _record(
+    cls: type[Any], keys: dict[str, cs.CoreSchema], check: Callable[[Any], None] | None = None
+) -> cs.CoreSchema:
+    """A mapping of camelCase keys (snake_case accepted too), unknown keys refused, built into ``cls``.
+
+    ``keys`` gives each field's schema, in the order they are checked; a field with a default in the
+    dataclass may be left out. ``check`` runs on the built object; a ``ValueError`` it raises is
+    reported at the mapping's place.
+    """
+    defaults = {f.name: f for f in fields(cls) if f.init}
+    if set(keys) != set(defaults):  # a schema that misses a field of its class fails at import
+        raise TypeError(f"{cls.__name__}: the schema's keys differ from the dataclass's fields")
+
+    def entry(name: str, schema: cs.CoreSchema) -> cs.TypedDictField:
+        declared = defaults[name]
+        if declared.default is not MISSING:
+            schema = cs.with_default_schema(schema, default=declared.default)
+        elif declared.default_factory is not MISSING:
+            schema = cs.with_default_schema(schema, default_factory=declared.default_factory)
+        else:
+            return cs.typed_dict_field(schema, validation_alias=_camel(name), required=True)
+        return cs.typed_dict_field(schema, validation_alias=_camel(name), required=False)
+
+    def build(data: dict[str, Any]) -> Any:
+        built = cls(**data)
+        if check is not None:
+            check(built)
+        return built
+
+    return cs.no_info_after_validator_function(
+        build,
+        cs.typed_dict_schema(
+            {name: entry(name, schema) for name, schema in keys.items()},
+            extra_behavior="forbid",
+            config=_CONFIG,  # a mapping's config, not the validator's, applies to its fields
+        ),
+    )
+
+
+def _check(condition: Callable[[Any], str | None], schema: cs.CoreSchema) -> cs.CoreSchema:
+    """``schema``, then ``condition`` on the value: a returned text is the error (a ``ValueError``)."""
+
+    def run(value: Any) -> Any:
+        problem = condition(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return cs.no_info_after_validator_function(run, schema)
+
+
+def _pattern_problem(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"not a valid regular expression: {exc}"
+    return None
+
+
+def _param_consistency(spec: ParamSpec) -> None:
+    if spec.pattern is not None and spec.type != "string":
+        raise ValueError("pattern applies to string params only")
+    if spec.required and spec.default is not None:
+        raise ValueError("a required param cannot have a default")
+    if spec.default is not None:
+        problem = _type_problem(spec, spec.default)
+        if problem:
+            raise ValueError(f"default {spec.default!r}: {problem}")
+
+
+def _param_names_problem(value: dict[str, ParamSpec]) -> str | None:
+    for name in value:
+        if not re.match(PARAM_NAME, name):
+            return f"param name {name!r} must match {PARAM_NAME}"
+    return None
+
+
+def _duplicate_step_problem(value: list[StepSpec]) -> str | None:
+    seen: set[str] = set()
+    for step in value:
+        if step.name in seen:
+            return f"step name {step.name!r} appears twice"
+        seen.add(step.name)
+    return None
+
+
+_STR = cs.str_schema()
+_DNS_NAME = cs.str_schema(pattern=DNS_LABEL, max_length=40)
+_DNS_LABEL = cs.str_schema(pattern=DNS_LABEL, max_length=63)
+_ARGV = cs.list_schema(_STR, min_length=1)
+_ENV = cs.dict_schema(_STR, _STR)
+_TIMEOUT = cs.int_schema(ge=MIN_TIMEOUT_SECONDS)
+_IMAGE = cs.nullable_schema(_STR)
+
+_PARAM = _record(
+    ParamSpec,
+    {
+        "type": cs.literal_schema(list(PARAM_TYPES)),
+        "description": _STR,
+        "required": cs.bool_schema(),
+        "default": cs.nullable_schema(
+            cs.union_schema([_STR, cs.int_schema(), cs.float_schema(), cs.bool_schema()])
+        ),
+        "pattern": _check(_pattern_problem, cs.nullable_schema(_STR)),
+        "max_length": cs.int_schema(ge=1, le=PARAM_VALUE_MAX_CHARS),
+    },
+    check=_param_consistency,
+)
+_BACKOFF = _record(
+    BackoffSpec, {"seconds": cs.float_schema(ge=0, le=3600), "factor": cs.float_schema(ge=1, le=10)}
+)
+_HEALTH = _record(
+    HealthSpec,
+    {"not_ready_seconds": cs.int_schema(ge=1, le=3600), "max_restarts": cs.int_schema(ge=0, le=100)},
+)
+_COMPENSATE = _record(
+    CompensateSpec, {"argv": _ARGV, "env": _ENV, "timeout_seconds": _TIMEOUT, "image": _IMAGE}
+)
+_REVERT = _record(
+    RevertSpec,
+    {"kind": cs.literal_schema(["knative-traffic"]), "service": _DNS_LABEL, "namespace": _DNS_LABEL},
+)
+_STEP = _record(
+    StepSpec,
+    {
+        "name": _DNS_NAME,
+        "image": _IMAGE,
+        "argv": _ARGV,
+        "env": _ENV,
+        "timeout_seconds": _TIMEOUT,
+        "retries": cs.int_schema(ge=0, le=10),
+        "backoff": _BACKOFF,
+        "heartbeat_timeout_seconds": cs.int_schema(ge=1, le=3600),
+        "health": _HEALTH,
+        "compensate": cs.nullable_schema(_COMPENSATE),
+        "revert": cs.nullable_schema(_REVERT),
+    },
+)
+_TEMPLATE = _record(
+    Template,
+    {
+        "name": _DNS_NAME,
+        "description": _STR,
+        "on_failure": cs.literal_schema(list(ON_FAILURE)),
+        "params": _check(_param_names_problem, cs.dict_schema(_STR, _PARAM)),
+        "steps": _check(_duplicate_step_problem, cs.list_schema(_STEP, min_length=1, max_length=32)),
+    },
+)
+_TEMPLATE_VALIDATOR = SchemaValidator(_TEMPLATE, _CONFIG)
 
 
 @dataclass(frozen=True)
@@ -359,7 +500,7 @@ def _layout(
                     "maxRestarts": step.health.max_restarts,
                 },
                 "compensate": compensate,
-                "revert": step.revert.model_dump(mode="json", by_alias=True) if step.revert else None,
+                "revert": _document(step.revert) if step.revert else None,
             }
         )
     return tuple(steps), tuple(services)
@@ -471,7 +612,7 @@ def _load_file(path: Path, max_revision_timeout_seconds: int) -> Template:
     if not isinstance(document, dict):
         raise CatalogError(where, "", "a template file must hold one mapping")
     try:
-        template = Template.model_validate(document)
+        template = Template.from_document(document)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise CatalogError(where, _field_path(first["loc"]), first["msg"]) from None
@@ -499,14 +640,14 @@ def _load_file(path: Path, max_revision_timeout_seconds: int) -> Template:
             for key in env:
                 if not re.match(ENV_NAME, key):
                     raise CatalogError(where, f"{prefix}.env.{key}", "not a valid environment variable name")
-            fields = [(f"{prefix}.argv[{i}]", arg) for i, arg in enumerate(argv)]
-            fields += [(f"{prefix}.env.{key}", value) for key, value in env.items()]
-            for field, text in fields:
+            texts = [(f"{prefix}.argv[{i}]", arg) for i, arg in enumerate(argv)]
+            texts += [(f"{prefix}.env.{key}", value) for key, value in env.items()]
+            for place, text in texts:
                 try:
                     named = placeholders(text)
                 except ValueError as exc:
-                    raise CatalogError(where, field, str(exc)) from None
+                    raise CatalogError(where, place, str(exc)) from None
                 for param in named:
                     if param not in template.params:
-                        raise CatalogError(where, field, f"placeholder names undeclared param {param!r}")
+                        raise CatalogError(where, place, f"placeholder names undeclared param {param!r}")
     return template
