@@ -180,6 +180,27 @@ def _withdraw_obsolete(job: Job, t: float) -> None:
             directive["settledAt"] = t
 
 
+def renew(job: Job, attempt: Attempt, record_type: str, data: dict[str, Any], t: float) -> None:
+    """``STEP_STARTED`` or ``HEARTBEAT`` of a live ``attempt``: the pod claimed, the lease renewed, the
+    progress kept. (The journal's lease-fact path calls this directly, having found the attempt.)"""
+    _touch_running(job)
+    run = runnable(job, attempt["step"])
+    assert run is not None
+    _claim(attempt, data.get("pod"), t)
+    renewed = t + float(run.step["heartbeatTimeoutSeconds"])
+    first = attempt["startedAt"] is None and attempt["heartbeats"] == 0
+    # The first sign of life ends the dispatch allowance: from then on the heart-beat timeout alone.
+    attempt["leaseUntil"] = renewed if first else max(attempt["leaseUntil"], renewed)
+    if record_type == rt.STEP_STARTED:
+        attempt["startedAt"] = attempt["startedAt"] or t
+    else:
+        attempt["lastHeartbeatAt"] = t
+        attempt["heartbeats"] += 1
+        if data.get("progress") is not None:
+            attempt["progress"] = data["progress"]
+    job["updatedAt"] = t
+
+
 # Records that never end the purpose of a directive (they end no attempt and no action).
 _PURPOSE_NEUTRAL = frozenset({rt.STEP_STARTED, rt.HEARTBEAT, rt.HEALTH, rt.DIRECTIVES_ACKED})
 
@@ -216,23 +237,9 @@ def fold(job: Job, record_type: str, data: dict[str, Any], t: float) -> None:
             action["status"] = "running"
     elif record_type in (rt.STEP_STARTED, rt.HEARTBEAT):
         found = find_attempt(job, data["step"], data["attempt"])
-        if found is None or found["outcome"] is not None:
-            return
-        _touch_running(job)
-        run = runnable(job, data["step"])
-        assert run is not None
-        _claim(found, data.get("pod"), t)
-        renewed = t + float(run.step["heartbeatTimeoutSeconds"])
-        first = found["startedAt"] is None and found["heartbeats"] == 0
-        # The first sign of life ends the dispatch allowance: from then on the heart-beat timeout alone.
-        found["leaseUntil"] = renewed if first else max(found["leaseUntil"], renewed)
-        if record_type == rt.STEP_STARTED:
-            found["startedAt"] = found["startedAt"] or t
-        else:
-            found["lastHeartbeatAt"] = t
-            found["heartbeats"] += 1
-            if data.get("progress") is not None:
-                found["progress"] = data["progress"]
+        if found is not None and found["outcome"] is None:
+            renew(job, found, record_type, data, t)
+        return  # nothing else changes: no directive's purpose ends with a sign of life
     elif record_type == rt.STEP_FINISHED:
         _step_finished(job, data, t)
     elif record_type == rt.ATTEMPT_FAILED:

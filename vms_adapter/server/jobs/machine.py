@@ -9,7 +9,6 @@ so a transaction made of one of them is validated without copying anything.
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +19,10 @@ from . import records as rt
 from . import states as st
 from .directives import job_of
 from .expiry import attempt_failure, next_expiry
-from .fold import find_attempt, fold, live_attempts, new_job
+from .fold import find_attempt, fold, live_attempts, new_job, renew
 from .plan import runnable
 from .reconcile import next_record
-from .shapes import HistoryEntry, Job, Pod
+from .shapes import Attempt, HistoryEntry, Job, Pod
 from .validation import INVALID_RECORD, check_fact, check_plan
 from .views import job_view, list_page
 
@@ -45,12 +44,25 @@ IDEMPOTENT = "idempotent"
 
 
 def _clone(job: Job) -> Job:
-    """A deep copy of a job for deciding; the plan is never mutated, so it is shared. (A pickle round
-    trip: a third of the time of a JSON one for these plain dicts, lists and scalars.)"""
-    rest = {k: v for k, v in job.items() if k != "plan"}
-    copy: Job = pickle.loads(pickle.dumps(rest, pickle.HIGHEST_PROTOCOL))  # noqa: S301 -- our own bytes
-    copy["plan"] = job["plan"]
+    """A copy of a job for deciding: every container the fold changes in place is copied (attempts,
+    succeeded steps, directives, the rollback and its actions, the diagnosis); what it only ever replaces
+    or reads is shared (the plan, directive events, health views, failure and cancel records). Level by
+    level like this it costs a fifth of a pickle round trip; ``tests/jobs/test_jobs_decide_purity.py``
+    checks that deciding never changes the live state."""
+    copy = job.copy()
+    copy["attempts"] = {label: [a.copy() for a in runs] for label, runs in job["attempts"].items()}
+    copy["succeeded"] = job["succeeded"].copy()
+    copy["directives"] = {ident: d.copy() for ident, d in job["directives"].items()}
+    rollback, diagnosis = job["rollback"], job["diagnosis"]
+    if rollback is not None:
+        copy["rollback"] = {**rollback, "actions": [a.copy() for a in rollback["actions"]]}
+    if diagnosis is not None:
+        copy["diagnosis"] = diagnosis.copy()
     return copy
+
+
+def _unobserved_pod() -> Pod:
+    return {"holder": None, "restarts": None, "baseline": None, "observedAt": None}
 
 
 def _refuse(job: Job, record_type: str, why: str) -> ModelRejection:
@@ -65,10 +77,10 @@ def admit(job: Job, record_type: str, data: dict[str, Any]) -> str:
     """APPLY, IDEMPOTENT (a late or repeated fact), or raise INVALID_TRANSITION (JOBS.md §5.1)."""
     if record_type in (rt.STEP_STARTED, rt.HEARTBEAT, rt.STEP_FINISHED):
         label, number = data["step"], data["attempt"]
-        if runnable(job, label) is None:
-            raise _refuse(job, record_type, f"the plan has no step {label}")
         attempt = find_attempt(job, label, number)
-        if attempt is None:
+        if attempt is None:  # (an attempt exists only for a label of the plan: ask the plan only now)
+            if runnable(job, label) is None:
+                raise _refuse(job, record_type, f"the plan has no step {label}")
             raise _refuse(job, record_type, f"attempt {number} of step {label} was never dispatched")
         return APPLY if attempt["outcome"] is None else IDEMPOTENT
     if record_type == rt.JOB_CANCELLED:
@@ -123,7 +135,10 @@ class JobStateMachine:
         self._outbox: dict[str, str] = {}  # pending directive id -> job id
         self._active: dict[str, None] = {}  # unfinished job ids, in registration order
         self._handed_out: dict[str, float] = {}  # directive id -> when last handed out (volatile)
-        self._encoded: dict[str, tuple[str, str]] = {}  # job id -> its job and history JSON (snapshots)
+        # Each job's JSON and its history's JSON for snapshots, kept until they change (separately: a
+        # heart-beat changes the job, an annotation only the history).
+        self._job_json: dict[str, str] = {}
+        self._history_json: dict[str, str] = {}
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -166,11 +181,14 @@ class JobStateMachine:
 
     def evolve(self, record: Record) -> None:
         kind, job_id, data, t = record.type, record.job_id, record.data, record.time
-        self._encoded.pop(job_id, None)  # whatever this record changes of the job, its JSON is stale
+        if kind in _LEASE_FACTS:
+            self._renew(record)
+            return
         if rt.is_annotation(kind):
             if job_id in self._history:
                 self._remember(record)
             return
+        self._job_json.pop(job_id, None)  # whatever this record changes of the job, its JSON is stale
         if kind == rt.JOB_REGISTERED:
             self._jobs[job_id] = new_job(job_id, data, record.seq, t)
             self._history[job_id] = []
@@ -185,13 +203,37 @@ class JobStateMachine:
             return  # HEALTH of an idle pod, or a DEAD_LETTER for no known job: recorded only
         held = [(a["step"], a["attempt"], a["pod"]) for a in live_attempts(job) if a["pod"]]
         fold(job, kind, data, t)
-        self._sync_pods(job, kind, data, held)
-        if kind not in (rt.HEARTBEAT, rt.STEP_STARTED, rt.HEALTH):
+        self._sync_pods(job, held)
+        if kind != rt.HEALTH:
             self._sync_outbox(job)
-        if kind != rt.HEARTBEAT or self._first_heartbeat(job, data, t):
-            self._remember(record)
+        self._remember(record)
         if job["finished"]:
             self._active.pop(job_id, None)
+
+    def _renew(self, record: Record) -> None:
+        """``STEP_STARTED`` or ``HEARTBEAT`` (most of the traffic): only the attempt it names can change,
+        and only the pod that attempt holds; so this finds the attempt once and touches nothing else
+        (the general path would walk every live attempt for pods to release and re-encode the history)."""
+        kind, job_id, data, t = record.type, record.job_id, record.data, record.time
+        job = self._jobs.get(job_id)
+        if job is None:
+            return  # never decided (UNKNOWN_JOB); a journal written otherwise is recorded only
+        attempt = find_attempt(job, data["step"], data["attempt"])
+        if attempt is not None and attempt["outcome"] is None:
+            held = attempt["pod"]
+            renew(job, attempt, kind, data, t)
+            self._job_json.pop(job_id, None)
+            if held and attempt["pod"] != held:
+                self._release(held, job_id, attempt)
+            if attempt["pod"]:
+                self._claim(attempt["pod"], job_id, attempt)
+        # The first heart-beat of an attempt is history; the others are counted in the attempt.
+        if (
+            kind != rt.HEARTBEAT
+            or attempt is None
+            or (attempt["heartbeats"] == 1 and attempt["lastHeartbeatAt"] == t)
+        ):
+            self._remember(record)
 
     def _remember(self, record: Record) -> None:
         entry: HistoryEntry = {
@@ -201,11 +243,24 @@ class JobStateMachine:
             "time": record.time,
         }
         self._history[record.job_id].append(entry)
+        self._history_json.pop(record.job_id, None)
 
-    @staticmethod
-    def _first_heartbeat(job: Job, data: dict[str, Any], t: float) -> bool:
-        attempt = find_attempt(job, data["step"], data["attempt"])
-        return attempt is None or (attempt["heartbeats"] == 1 and attempt["lastHeartbeatAt"] == t)
+    def _release(self, pod_name: str, job_id: str, attempt: Attempt) -> None:
+        """The pod is no longer held by ``attempt`` (it ended, or named another pod)."""
+        pod = self._pods.get(pod_name)
+        if pod is not None and pod["holder"] == [job_id, attempt["step"], attempt["attempt"]]:
+            pod["holder"] = None
+            pod["baseline"] = None
+
+    def _claim(self, pod_name: str, job_id: str, attempt: Attempt) -> None:
+        """The live ``attempt`` holds the pod: its restarts count from now (JOBS.md §8)."""
+        holder = [job_id, attempt["step"], attempt["attempt"]]
+        pod = self._pods.get(pod_name)
+        if pod is None:
+            pod = self._pods[pod_name] = _unobserved_pod()
+        if pod["holder"] != holder:
+            pod["holder"] = holder
+            pod["baseline"] = pod["restarts"]
 
     def _sync_outbox(self, job: Job) -> None:
         for ident, directive in job["directives"].items():
@@ -216,37 +271,23 @@ class JobStateMachine:
 
     def _observe_pod(self, data: dict[str, Any]) -> None:
         total = sum(c["restartCount"] for c in data["containers"])
-        pod = self._pods.setdefault(
-            data["pod"], {"holder": None, "restarts": None, "baseline": None, "observedAt": None}
-        )
+        pod = self._pods.get(data["pod"])
+        if pod is None:
+            pod = self._pods[data["pod"]] = _unobserved_pod()
         if pod["holder"] is not None and pod["baseline"] is None:
             pod["baseline"] = total  # first observation during the holder's attempt
         pod["restarts"] = total
         pod["observedAt"] = data.get("observedAt")
 
-    def _sync_pods(self, job: Job, kind: str, data: dict[str, Any], held: list[tuple[str, int, Any]]) -> None:
-        """Release pods of attempts that ended; record the claim of a pod named by a live attempt."""
+    def _sync_pods(self, job: Job, held: list[tuple[str, int, Any]]) -> None:
+        """Release the pods of attempts that ended (claims come only with lease facts: see ``_renew``)."""
         for label, number, pod_name in held:
             attempt = find_attempt(job, label, number)
-            pod = self._pods.get(pod_name)
-            holder = [job["jobId"], label, number]
-            if (
-                pod is not None
-                and pod["holder"] == holder
-                and (attempt is None or attempt["outcome"] is not None or attempt["pod"] != pod_name)
-            ):
-                pod["holder"] = None
-                pod["baseline"] = None
-        if kind in (rt.STEP_STARTED, rt.HEARTBEAT):
-            attempt = find_attempt(job, data["step"], data["attempt"])
-            if attempt is not None and attempt["outcome"] is None and attempt["pod"]:
-                holder = [job["jobId"], attempt["step"], attempt["attempt"]]
-                pod = self._pods.setdefault(
-                    attempt["pod"], {"holder": None, "restarts": None, "baseline": None, "observedAt": None}
-                )
-                if pod["holder"] != holder:
-                    pod["holder"] = holder
-                    pod["baseline"] = pod["restarts"]
+            if attempt is None or attempt["outcome"] is not None or attempt["pod"] != pod_name:
+                pod = self._pods.get(pod_name)
+                if pod is not None and pod["holder"] == [job["jobId"], label, number]:
+                    pod["holder"] = None
+                    pod["baseline"] = None
 
     # -- the outbox --------------------------------------------------------------------------------
 
@@ -312,17 +353,20 @@ class JobStateMachine:
         only the jobs that changed since the one before (finished jobs never change), not the whole
         history again, so the loop's stall stays about the same as the journal grows."""
         jobs, history = [], []
+        job_json, history_json = self._job_json, self._history_json
         for job_id, job in self._jobs.items():
-            encoded = self._encoded.get(job_id)
-            if encoded is None:
-                key = _SNAPSHOT_JSON.encode(job_id)
-                encoded = (
-                    f"{key}:{_SNAPSHOT_JSON.encode(job)}",
-                    f"{key}:{_SNAPSHOT_JSON.encode(self._history[job_id])}",
+            encoded_job = job_json.get(job_id)
+            if encoded_job is None:
+                encoded_job = job_json[job_id] = (
+                    f"{_SNAPSHOT_JSON.encode(job_id)}:{_SNAPSHOT_JSON.encode(job)}"
                 )
-                self._encoded[job_id] = encoded
-            jobs.append(encoded[0])
-            history.append(encoded[1])
+            encoded_history = history_json.get(job_id)
+            if encoded_history is None:
+                encoded_history = history_json[job_id] = (
+                    f"{_SNAPSHOT_JSON.encode(job_id)}:{_SNAPSHOT_JSON.encode(self._history[job_id])}"
+                )
+            jobs.append(encoded_job)
+            history.append(encoded_history)
         return (
             f'{{"format":{STATE_FORMAT},"jobs":{{{",".join(jobs)}}},"history":{{{",".join(history)}}},'
             f'"pods":{_SNAPSHOT_JSON.encode(self._pods)}}}'
@@ -335,7 +379,8 @@ class JobStateMachine:
         self._jobs = copy["jobs"]
         self._history = copy["history"]
         self._pods = copy["pods"]
-        self._encoded = {}
+        self._job_json = {}
+        self._history_json = {}
         self._order = sorted((job["registeredSeq"], job_id) for job_id, job in self._jobs.items())
         self._active = {job_id: None for _, job_id in self._order if not self._jobs[job_id]["finished"]}
         self._outbox = {}

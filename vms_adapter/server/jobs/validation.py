@@ -38,9 +38,11 @@ class Fields:
     def __init__(self, record_type: str, data: object, path: str = "") -> None:
         self.record_type = record_type
         self.path = path
-        if not isinstance(data, Mapping):
+        # (Decoded JSON is a dict, which answers first: the abstract Mapping check is slow.)
+        if isinstance(data, (dict, Mapping)):
+            self.data: Mapping[str, Any] = data
+        else:
             self.fail(path or "data", "must be an object")
-        self.data: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
 
     def fail(self, field: str, problem: str) -> Any:
         raise ModelRejection(
@@ -51,9 +53,10 @@ class Fields:
         return f"{self.path}.{key}" if self.path else key
 
     def only(self, *allowed: str) -> None:
-        unknown = sorted(k for k in self.data if k not in allowed)
-        if unknown:
-            self.fail(self.name(str(unknown[0])), "unknown field")
+        for key in self.data:
+            if key not in allowed:
+                unknown = sorted(k for k in self.data if k not in allowed)
+                self.fail(self.name(str(unknown[0])), "unknown field")
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -107,7 +110,7 @@ class Fields:
         value = self.data.get(key)
         if value is None and optional:
             return None
-        if not isinstance(value, Mapping):
+        if not isinstance(value, (dict, Mapping)):
             self.fail(self.name(key), "must be an object")
         return Fields(self.record_type, value, self.name(key))
 
@@ -130,11 +133,14 @@ def check_plan(data: object) -> None:
     plan.choice("onFailure", ON_FAILURE)
     params = plan.obj("params")
     assert params is not None
+    # json.dumps writes a character as at most 12 (two escapes, beyond the BMP), plus 8 per item (quotes,
+    # ": " and ", "): only params that might exceed the limit are encoded to measure them.
+    most = 2
     for key in params.data:
         if not isinstance(key, str) or not 1 <= len(key) <= 128:
             params.fail(params.name(str(key)), "parameter names must be 1 to 128 characters")
-        params.text(key, min_len=0, max_len=MAX_PARAMS_BYTES)
-    if len(json.dumps(params.data)) > MAX_PARAMS_BYTES:
+        most += 12 * (len(key) + len(params.text(key, min_len=0, max_len=MAX_PARAMS_BYTES))) + 8
+    if most > MAX_PARAMS_BYTES and len(json.dumps(params.data)) > MAX_PARAMS_BYTES:
         plan.fail("params", f"must be at most {MAX_PARAMS_BYTES} bytes of JSON (every step.run carries them)")
     seen: set[str] = set()
     for index, raw in enumerate(plan.items("steps", min_items=1, max_items=MAX_STEPS)):
