@@ -83,6 +83,11 @@ class JobJournal:
         """The job view (JOBS.md §11)."""
         return dict(self.client.read_job(job_id))
 
+    def clock(self) -> float:
+        """The journal's clock now (Unix seconds): times compared with the journal's own (a revert pin's
+        against a restore request's) must come from one clock, not from this pod's."""
+        return self.client.ping()
+
     def probe(self) -> None:
         """Raise ``JournalUnavailable`` unless the journal answers a ``PING`` now (readiness)."""
         self.probe_client.ping()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudevents.http import CloudEvent
 
+from vms_adapter.errors import ProtocolError
 from xpipe import logs
 from xpipe.auth import Caller
 from xpipe.backends.base import BackendError, ExecutionBackend
@@ -226,7 +227,7 @@ class Countermeasures:
         step, service, namespace = directed
         data: dict[str, Any] = {"step": step}
         try:
-            state = self.backend().revert_traffic(namespace, service)
+            state = self.backend().revert_traffic(namespace, service, at=self.journal.clock())
         except BackendError as error:
             if error.retryable:
                 raise  # 503: Knative redelivers; the journal times the action out if it never succeeds
@@ -259,13 +260,17 @@ class Countermeasures:
                 # Already done: a late redelivery must not undo a revert that a later job made since.
                 log.info("restore already reported; ignored", extra=extra)
                 return
+        requested_at = restore.get("requestedAt")
+        if isinstance(requested_at, bool) or not isinstance(requested_at, (int, float)):
+            raise ProtocolError("the journal's view of the restore has no requestedAt time")  # a 502
         results: list[dict[str, Any]] = []
         for target in restore.get("targets") or []:
             service, namespace = target.get("service"), target.get("namespace")
             if not (isinstance(service, str) and isinstance(namespace, str)):
                 continue
             try:
-                state = self.backend().restore_traffic(namespace, service)
+                # A pin made after the restore was requested (another job's revert) is kept.
+                state = self.backend().restore_traffic(namespace, service, requested_at=float(requested_at))
             except BackendError as error:
                 if error.retryable:
                     raise  # 503: Knative redelivers; restore is idempotent

@@ -245,9 +245,12 @@ async def test_repeated_and_concurrent_reverts_converge_on_one_pin(
     )
     # Three concurrent deliveries of one revert, then two redeliveries: every one reports the same pin.
     states = await asyncio.gather(
-        *[asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy") for _ in range(3)]
+        *[asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=100.0) for _ in range(3)]
     )
-    states += [await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy") for _ in range(2)]
+    states += [
+        await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=100.0)
+        for _ in range(2)
+    ]
     assert {state.pinned_revision for state in states} == {"demo-ok-deploy-00002"}
     assert pinned_traffic(kmock) == [
         {"revisionName": "demo-ok-deploy-00002", "latestRevision": False, "percent": 100}
@@ -261,7 +264,7 @@ async def test_a_revert_after_a_deploy_that_never_became_ready_pins_the_last_goo
     seed_revisions(
         kmock, [("00001", 1, True), ("00002", 2, True), ("00003", 3, False)], "demo-ok-deploy-00002"
     )
-    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=100.0)
     assert state.pinned_revision == "demo-ok-deploy-00002"
 
 
@@ -285,7 +288,7 @@ async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
     # Another service's newer revision, returned because the emulator ignores label selectors.
     kmock.objects[REVISIONS, NAMESPACE, "other-00009"] = revision("other-00009", 9, service="other")
 
-    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=100.0)
     assert state.pinned_revision == "demo-ok-deploy-00002"
     assert state.latest_ready_revision == "demo-ok-deploy-00004"
     service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
@@ -297,10 +300,10 @@ async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
     assert traffic_patch.params["fieldManager"] == "xpipe-traffic"
 
     # A pinned service keeps its pin: a deploy made while pinned never served.
-    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy")
+    state = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=100.0)
     assert state.pinned_revision == "demo-ok-deploy-00002"
 
-    state = await asyncio.to_thread(backend.restore_traffic, NAMESPACE, "demo-ok-deploy")
+    state = await asyncio.to_thread(backend.restore_traffic, NAMESPACE, "demo-ok-deploy", requested_at=150.0)
     assert state.pinned_revision is None
     service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
     assert service["spec"]["traffic"] == [{"latestRevision": True, "percent": 100}]
@@ -308,12 +311,49 @@ async def test_revert_pins_previous_ready_revision_and_restore_follows_latest(
         assert_schema_valid(body)
 
 
+async def test_a_restore_requested_before_the_newest_revert_leaves_the_pin(
+    kmock: kmock.KubernetesEmulator, backend: KnativeBackend
+) -> None:
+    await asyncio.to_thread(backend.ensure_step_service, make_spec())
+    seed_revisions(
+        kmock, [("00001", 1, True), ("00002", 2, True), ("00003", 3, True)], "demo-ok-deploy-00003"
+    )
+    first = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=100.0)
+    service = kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].raw
+    assert service["metadata"]["annotations"]["xpipe.io/pinned-at"] == "100.000000"
+    assert first.pinned_at == 100.0
+    # Another job's revert of the pinned Service keeps the pin and moves its time forward, never back.
+    later = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=200.0)
+    late = await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "demo-ok-deploy", at=150.0)
+    assert (later.pinned_at, late.pinned_at) == (200.0, 200.0)
+    assert later.pinned_revision == late.pinned_revision == "demo-ok-deploy-00002"
+
+    # A job that succeeded before that revert asks to restore late: nothing is sent, the pin stays.
+    patches = len([request for request in kmock if request.method == "PATCH"])
+    kept = await asyncio.to_thread(backend.restore_traffic, NAMESPACE, "demo-ok-deploy", requested_at=199.0)
+    assert (kept.pinned_revision, kept.pinned_at) == ("demo-ok-deploy-00002", 200.0)
+    assert len([request for request in kmock if request.method == "PATCH"]) == patches
+    assert pinned_traffic(kmock) == [
+        {"revisionName": "demo-ok-deploy-00002", "latestRevision": False, "percent": 100}
+    ]
+
+    # A restore requested after it lifts the pin, conditional on the Service as it was read (the
+    # emulator keeps no resourceVersion: set one as the API server would have).
+    kmock.objects[SERVICES, NAMESPACE, "demo-ok-deploy"].patch({"metadata": {"resourceVersion": "4711"}})
+    lifted = await asyncio.to_thread(backend.restore_traffic, NAMESPACE, "demo-ok-deploy", requested_at=201.0)
+    assert (lifted.pinned_revision, lifted.pinned_at) == (None, None)
+    assert pinned_traffic(kmock) == [{"latestRevision": True, "percent": 100}]
+    apply = [request for request in kmock if request.method == "PATCH"][-1].data
+    assert apply["metadata"].get("resourceVersion") == "4711"
+    assert "annotations" not in apply["metadata"]  # server-side apply drops the pin's time with the pin
+
+
 async def test_revert_of_a_missing_service_is_not_found(
     backend: KnativeBackend, kmock: kmock.KubernetesEmulator
 ) -> None:
     kmock.resources[SERVICES] = kmock.ResourceInfo(kind="Service", namespaced=True)
     with pytest.raises(NotFound):
-        await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "nope")
+        await asyncio.to_thread(backend.revert_traffic, NAMESPACE, "nope", at=100.0)
 
 
 async def test_forbidden_apply_names_the_verb_and_resource(

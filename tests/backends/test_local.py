@@ -201,15 +201,47 @@ def test_revert_and_restore_change_which_revision_runs(backend: LocalBackend, ho
     assert backend.ensure_step_service(python_step("versions", "print('version two')", digest="v2")) is True
     assert "version two" in step_run(host, "versions", "a").json()["summary"]
 
-    state = backend.revert_traffic("xpipe-steps", "versions")
+    state = backend.revert_traffic("xpipe-steps", "versions", at=100.0)
     assert state.pinned_revision == "versions-00001"
     assert state.latest_ready_revision == "versions-00002"
+    assert state.pinned_at == 100.0
     assert "version one" in step_run(host, "versions", "b").json()["summary"]
     # A repeated revert (a redelivery) keeps the pin instead of walking further back.
-    assert backend.revert_traffic("xpipe-steps", "versions").pinned_revision == "versions-00001"
+    assert backend.revert_traffic("xpipe-steps", "versions", at=100.0).pinned_revision == "versions-00001"
 
-    assert backend.restore_traffic("xpipe-steps", "versions").pinned_revision is None
+    restored = backend.restore_traffic("xpipe-steps", "versions", requested_at=150.0)
+    assert (restored.pinned_revision, restored.pinned_at) == (None, None)
     assert "version two" in step_run(host, "versions", "c").json()["summary"]
+
+
+def test_a_restore_requested_before_the_newest_revert_keeps_the_pin(
+    backend: LocalBackend, host: Host
+) -> None:
+    backend.ensure_step_service(python_step("pinned", "print('one')", digest="v1"))
+    backend.ensure_step_service(python_step("pinned", "print('two')", digest="v2"))
+    backend.revert_traffic("xpipe-steps", "pinned", at=100.0)
+    # A second job's revert of the pinned service keeps the pin and moves its time forward.
+    assert backend.revert_traffic("xpipe-steps", "pinned", at=200.0).pinned_at == 200.0
+    assert backend.revert_traffic("xpipe-steps", "pinned", at=150.0).pinned_at == 200.0  # a late one
+
+    # A job that succeeded before the newest revert asks to restore: the pin stays.
+    kept = backend.restore_traffic("xpipe-steps", "pinned", requested_at=199.0)
+    assert (kept.pinned_revision, kept.pinned_at) == ("pinned-00001", 200.0)
+    assert "one" in step_run(host, "pinned", "a").json()["summary"]
+
+    assert backend.restore_traffic("xpipe-steps", "pinned", requested_at=201.0).pinned_revision is None
+    assert "two" in step_run(host, "pinned", "b").json()["summary"]
+
+
+@pytest.mark.parametrize("body", [None, {}, {"at": "soon"}, {"at": True}, {"at": None}, [1.0]])
+def test_a_revert_without_a_journal_time_is_refused_and_changes_nothing(host: Host, body: Any) -> None:
+    for digest in ("v1", "v2"):
+        spec = python_step("untimed", "print(1)", digest=digest).to_json_dict()
+        assert httpx.put(f"{host.url}/services/untimed", json=spec, timeout=10).status_code == 200
+    reply = httpx.post(f"{host.url}/services/untimed/revert", json=body, timeout=10)
+    assert reply.status_code == 400
+    assert "'at'" in reply.json()["message"]
+    assert httpx.get(f"{host.url}/services/untimed", timeout=10).json()["pinnedRevision"] is None
 
 
 def test_process_cap_answers_429_when_every_process_is_busy(
@@ -301,7 +333,7 @@ def test_a_stop_request_must_name_the_attempt(host: Host, body: Any) -> None:
 def test_a_service_with_one_revision_has_nothing_to_revert_to(backend: LocalBackend) -> None:
     backend.ensure_step_service(python_step("single", "print('only')", digest="v1"))
     with pytest.raises(NotFound):
-        backend.revert_traffic("xpipe-steps", "single")
+        backend.revert_traffic("xpipe-steps", "single", at=1.0)
 
 
 def test_bad_requests_and_unknown_services(backend: LocalBackend, host: Host) -> None:
@@ -314,7 +346,7 @@ def test_bad_requests_and_unknown_services(backend: LocalBackend, host: Host) ->
     with pytest.raises(InvalidSpec):
         backend._request("PUT", "/services/x", json={"name": "x"})  # the host refuses an incomplete spec
     with pytest.raises(NotFound):
-        backend.revert_traffic("other-namespace", "versions")
+        backend.revert_traffic("other-namespace", "versions", at=1.0)
 
 
 def test_an_unreachable_host_is_unavailable_and_diagnostics_still_answer() -> None:
@@ -334,6 +366,9 @@ def test_state_file_keeps_services_across_a_host_restart(tmp_path: Path) -> None
     first = start_host("--state-file", str(state), "--idle-seconds", "5")
     try:
         LocalBackend(first.url).ensure_step_service(python_step("kept", "print('kept')"))
+        LocalBackend(first.url).ensure_step_service(python_step("pin", "print('one')", digest="v1"))
+        LocalBackend(first.url).ensure_step_service(python_step("pin", "print('two')", digest="v2"))
+        LocalBackend(first.url).revert_traffic("xpipe-steps", "pin", at=50.0)
     finally:
         assert first.stop() == 0
     second = start_host("--state-file", str(state), "--idle-seconds", "5")
@@ -341,6 +376,9 @@ def test_state_file_keeps_services_across_a_host_restart(tmp_path: Path) -> None
         backend = LocalBackend(second.url)
         assert backend.ensure_step_service(python_step("kept", "print('kept')")) is False
         assert "kept" in step_run(second, "kept", "x").json()["summary"]
+        # The pin and its journal time survive too: an earlier restore still leaves it alone.
+        kept = backend.restore_traffic("xpipe-steps", "pin", requested_at=49.0)
+        assert (kept.pinned_revision, kept.pinned_at) == ("pin-00001", 50.0)
     finally:
         assert second.stop() == 0
 

@@ -147,12 +147,15 @@ def test_a_revert_pins_the_previous_revision_once_even_when_redelivered(
         )
     )
     # Three concurrent deliveries of the one revert (the broker may do that), then a redelivery.
+    before = client.ping()
     with ThreadPoolExecutor(max_workers=3) as pool:
         codes = list(pool.map(lambda _: rollback.post(revert, token=RELAY_TOKEN).status_code, range(3)))
     assert codes == [202, 202, 202]
     (record,) = [h for h in client.read_job(job_id)["history"] if h["type"] == "REVERT_FINISHED"]
     assert record["data"]["outcome"] == "succeeded"
     assert record["data"]["revision"] == f"{service}-00002"  # the revision before the newest
+    # The pin carries the journal's clock at the revert (what a later restore is compared with).
+    assert before <= record["data"]["details"]["pinnedAt"] <= client.ping()
     pinned = step_host.http.get(f"/services/{service}").json()["pinnedRevision"]
     assert pinned == record["data"]["revision"]
     assert rollback.post(revert, token=RELAY_TOKEN).status_code == 202  # the broker redelivers it
@@ -215,7 +218,8 @@ def test_a_succeeded_job_restores_traffic_once_and_a_forged_restore_changes_noth
     rollback: FunctionServer, client: JournalClient, step_host: StepHost
 ) -> None:
     service = three_revisions(step_host, "xp-restored")
-    assert step_host.http.post(f"/services/{service}/revert").json()["pinnedRevision"] == f"{service}-00002"
+    pin = step_host.http.post(f"/services/{service}/revert", json={"at": client.ping() - 60})
+    assert pin.json()["pinnedRevision"] == f"{service}-00002"
     revert_target = {"kind": "knative-traffic", "service": service, "namespace": "xpipe-steps"}
     plan = {**PLAN, "steps": [step("deploy", revert=revert_target)]}
     job_id = commit(client, None, "JOB_REGISTERED", plan).job_id
@@ -236,6 +240,32 @@ def test_a_succeeded_job_restores_traffic_once_and_a_forged_restore_changes_noth
     assert record["data"]["directive"] == restore["id"]
 
     # A later job reverts the Service again; a late redelivery of the old restore must not undo that.
-    step_host.http.post(f"/services/{service}/revert")
+    step_host.http.post(f"/services/{service}/revert", json={"at": client.ping()})
     assert deliver(rollback, restore) == 202
     assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] == f"{service}-00002"
+
+
+def test_a_restore_delivered_after_another_jobs_revert_keeps_that_pin(
+    rollback: FunctionServer, client: JournalClient, step_host: StepHost
+) -> None:
+    """Job B succeeds (restore requested), job C fails and reverts the same Service, and only then is
+    B's restore delivered for the first time: C's pin stays, and B's outcome says so."""
+    service = three_revisions(step_host, "xp-late-restore")
+    revert_target = {"kind": "knative-traffic", "service": service, "namespace": "xpipe-steps"}
+    plan = {**PLAN, "steps": [step("deploy", revert=revert_target)]}
+    job_b = commit(client, None, "JOB_REGISTERED", plan).job_id
+    (restore,) = [d for d in finish(client, job_b, "deploy", "succeeded") if d["kind"] == "restore"]
+    requested_at = client.read_job(job_b)["restore"]["requestedAt"]
+
+    later = client.ping()  # job C's revert, on the journal's clock, after B's restore was requested
+    assert later > requested_at
+    pin = step_host.http.post(f"/services/{service}/revert", json={"at": later}).json()
+    assert pin["pinnedRevision"] == f"{service}-00002"
+
+    assert deliver(rollback, restore) == 202
+    assert step_host.http.get(f"/services/{service}").json()["pinnedRevision"] == f"{service}-00002"
+    (record,) = [h for h in client.read_job(job_b)["history"] if h["type"] == "RESTORE_FINISHED"]
+    (target,) = record["data"]["details"]["targets"]
+    assert record["data"]["outcome"] == "succeeded"
+    assert target["pinnedRevision"] == f"{service}-00002"
+    assert target["pinnedAt"] == later

@@ -216,12 +216,15 @@ class TrafficState:
 
     `pinned_revision` is the revision that now takes 100 % of the traffic, or None when traffic follows
     the latest ready revision again. `latest_ready_revision` is the service's newest ready revision.
+    `pinned_at` is the journal time of the newest revert that holds the pin (None when not pinned): a
+    restore requested before it leaves the pin alone (see `ExecutionBackend.restore_traffic`).
     """
 
     namespace: str
     service: str
     pinned_revision: str | None
     latest_ready_revision: str | None
+    pinned_at: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -229,6 +232,7 @@ class TrafficState:
             "service": self.service,
             "pinnedRevision": self.pinned_revision,
             "latestReadyRevision": self.latest_ready_revision,
+            "pinnedAt": self.pinned_at,
         }
 
 
@@ -265,7 +269,7 @@ class ExecutionBackend(ABC):
         """Delete the service and its Trigger; removing a service that does not exist is not an error."""
 
     @abstractmethod
-    def revert_traffic(self, namespace: str, service: str) -> TrafficState:
+    def revert_traffic(self, namespace: str, service: str, *, at: float) -> TrafficState:
         """Pin 100 % of `service`'s traffic to the revision that served before its newest deploy.
 
         The target is the newest ready revision older than the newest revision (ready or not: a deploy
@@ -273,11 +277,19 @@ class ExecutionBackend(ABC):
         pin (a deploy made while pinned never served). The target depends only on the revisions, so a
         repeated or concurrent revert converges on the same pin: it never walks further back. Raises
         NotFound when the service does not exist or has no earlier revision to revert to.
+
+        `at` is the journal's clock when the revert is made; the pin remembers the newest such time
+        (`TrafficState.pinned_at`), which `restore_traffic` compares with its own journal time.
         """
 
     @abstractmethod
-    def restore_traffic(self, namespace: str, service: str) -> TrafficState:
-        """Send traffic to the latest ready revision again (undoes `revert_traffic`); idempotent."""
+    def restore_traffic(self, namespace: str, service: str, *, requested_at: float) -> TrafficState:
+        """Send traffic to the latest ready revision again (undoes `revert_traffic`); idempotent.
+
+        `requested_at` is the journal time at which the succeeded job asked for the restore. A pin made
+        after it (`pinned_at > requested_at`: another job failed and reverted since) is kept, so a late
+        restore never undoes a newer revert; the returned state then still names the pinned revision.
+        """
 
     @abstractmethod
     def collect_diagnostics(

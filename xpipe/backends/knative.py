@@ -382,8 +382,18 @@ class KnativeBackend(ExecutionBackend):
         )
         return list(listing.get("items") or [])
 
-    def _apply_traffic(self, namespace: str, service: str, revision: str | None) -> None:
-        body = objects.traffic_patch(service, namespace, revision)
+    def _apply_traffic(
+        self,
+        namespace: str,
+        service: str,
+        revision: str | None,
+        *,
+        pinned_at: float | None = None,
+        resource_version: str | None = None,
+    ) -> None:
+        body = objects.traffic_patch(
+            service, namespace, revision, pinned_at=pinned_at, resource_version=resource_version
+        )
         self._call(
             "patch",
             "services.serving.knative.dev",
@@ -402,20 +412,33 @@ class KnativeBackend(ExecutionBackend):
             ),
         )
 
-    def revert_traffic(self, namespace: str, service: str) -> TrafficState:
+    def revert_traffic(self, namespace: str, service: str, *, at: float) -> TrafficState:
         current = self._service(namespace, service)
         target = objects.revert_target(current, self._revisions(namespace, service))
         latest = current.get("status", {}).get("latestReadyRevisionName")
         if target is None:
             raise NotFound(f"service {service!r} has no earlier ready revision left to revert to")
-        self._apply_traffic(namespace, service, target)
+        earlier = objects.pinned_at(current)  # a pin kept: it now protects until the newest revert
+        pinned_at = at if earlier is None else max(earlier, at)
+        self._apply_traffic(namespace, service, target, pinned_at=pinned_at)
         log.info("traffic pinned", extra={"service": service, "revision": target, "latestReady": latest})
-        return TrafficState(namespace, service, target, latest)
+        return TrafficState(namespace, service, target, latest, pinned_at)
 
-    def restore_traffic(self, namespace: str, service: str) -> TrafficState:
+    def restore_traffic(self, namespace: str, service: str, *, requested_at: float) -> TrafficState:
         current = self._service(namespace, service)
-        self._apply_traffic(namespace, service, None)
         latest = current.get("status", {}).get("latestReadyRevisionName")
+        pinned, pinned_at = objects.pinned_revision(current), objects.pinned_at(current)
+        if pinned is not None and pinned_at is not None and pinned_at > requested_at:
+            log.info(
+                "traffic pin kept: a revert made after the restore was requested holds it",
+                extra={"service": service, "revision": pinned, "pinnedAt": pinned_at},
+            )
+            return TrafficState(namespace, service, pinned, latest, pinned_at)
+        # Conditional on the Service as read: if a revert lands in between, the API server refuses this
+        # apply (409; retrying the same body cannot help, so it ends as Conflict, which the rollback
+        # function answers 503) and the redelivered restore reads the newer pin.
+        version = (current.get("metadata") or {}).get("resourceVersion")
+        self._apply_traffic(namespace, service, None, resource_version=version)
         log.info("traffic follows the latest revision", extra={"service": service, "latestReady": latest})
         return TrafficState(namespace, service, None, latest)
 

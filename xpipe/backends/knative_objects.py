@@ -6,6 +6,7 @@ them against the Knative CRD schemas. Also here: choosing the revision a traffic
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,6 +23,9 @@ LABEL_STEP = "xpipe.io/step"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 ANNOTATION_DIGEST = "xpipe.io/template-digest"
+# On a Service whose traffic a revert pinned: the journal time (Unix seconds) of the newest revert that
+# holds the pin. A restore requested before it leaves the pin alone (ExecutionBackend.restore_traffic).
+ANNOTATION_PINNED_AT = "xpipe.io/pinned-at"
 ANNOTATION_MIN_SCALE = "autoscaling.knative.dev/min-scale"
 # Knative's own labels on a Revision.
 REVISION_SERVICE_LABEL = "serving.knative.dev/service"
@@ -165,19 +169,51 @@ def trigger(
     }
 
 
-def traffic_patch(service: str, namespace: str, revision: str | None) -> dict[str, Any]:
-    """An apply body that owns only `spec.traffic`: pinned to `revision`, or the latest ready one."""
+def traffic_patch(
+    service: str,
+    namespace: str,
+    revision: str | None,
+    *,
+    pinned_at: float | None = None,
+    resource_version: str | None = None,
+) -> dict[str, Any]:
+    """An apply body that owns only `spec.traffic` (and the pin's time): pinned to `revision` since the
+    journal time `pinned_at`, or following the latest ready revision. With `resource_version` the API
+    server refuses the apply (409) if the Service changed since it was read."""
     target: dict[str, Any] = (
         {"revisionName": revision, "latestRevision": False, "percent": 100}
         if revision is not None
         else {"latestRevision": True, "percent": 100}
     )
+    metadata: dict[str, Any] = {"name": service, "namespace": namespace}
+    if revision is not None and pinned_at is not None:
+        metadata["annotations"] = {ANNOTATION_PINNED_AT: format_journal_time(pinned_at)}
+    if resource_version is not None:
+        metadata["resourceVersion"] = resource_version
     return {
         "apiVersion": f"{SERVING_GROUP}/{API_VERSION}",
         "kind": "Service",
-        "metadata": {"name": service, "namespace": namespace},
+        "metadata": metadata,
         "spec": {"traffic": [target]},
     }
+
+
+def format_journal_time(at: float) -> str:
+    """Microsecond precision, as the journal keeps its times."""
+    return f"{at:.6f}"
+
+
+def pinned_at(service: Mapping[str, Any]) -> float | None:
+    """The journal time of the newest revert holding `service`'s pin; None if it is not pinned, or if
+    the pin carries no readable time (one set by hand, say: then any restore may lift it)."""
+    if pinned_revision(service) is None:
+        return None
+    raw = ((service.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_PINNED_AT)
+    try:
+        value = float(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _is_ready(obj: Mapping[str, Any]) -> bool:

@@ -99,13 +99,14 @@ class LocalBackend(ExecutionBackend):
         if namespace != self._namespace:
             raise NotFound(f"the local step host serves namespace {self._namespace!r}, not {namespace!r}")
 
-    def revert_traffic(self, namespace: str, service: str) -> TrafficState:
+    def revert_traffic(self, namespace: str, service: str, *, at: float) -> TrafficState:
         self._check_namespace(namespace)
-        return _traffic(self._request("POST", f"/services/{quote(service)}/revert").json())
+        return _traffic(self._request("POST", f"/services/{quote(service)}/revert", json={"at": at}).json())
 
-    def restore_traffic(self, namespace: str, service: str) -> TrafficState:
+    def restore_traffic(self, namespace: str, service: str, *, requested_at: float) -> TrafficState:
         self._check_namespace(namespace)
-        return _traffic(self._request("POST", f"/services/{quote(service)}/restore").json())
+        path = f"/services/{quote(service)}/restore"
+        return _traffic(self._request("POST", path, json={"requestedAt": requested_at}).json())
 
     def collect_diagnostics(
         self, job_id: str, services: Sequence[str], since: datetime | None = None
@@ -158,6 +159,7 @@ def _traffic(document: dict[str, Any]) -> TrafficState:
         service=document["service"],
         pinned_revision=document.get("pinnedRevision"),
         latest_ready_revision=document.get("latestReadyRevision"),
+        pinned_at=document.get("pinnedAt"),
     )
 
 

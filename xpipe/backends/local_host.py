@@ -13,8 +13,8 @@ Admin API (loopback only, used by `LocalBackend` in the functions' processes):
     DELETE /services/<name>
     GET    /services                   every service with revisions, traffic and live processes
     GET    /services/<name>
-    POST   /services/<name>/revert     -> TrafficState JSON (404 when nothing older is left)
-    POST   /services/<name>/restore    -> TrafficState JSON
+    POST   /services/<name>/revert     body: {"at": journal time} -> TrafficState JSON (404: nothing older)
+    POST   /services/<name>/restore    body: {"requestedAt": journal time} -> TrafficState JSON
     POST   /attempts/stop              body: {service, jobId, step, attempt} -> {"stopped", "pod"}
     GET    /diagnostics?job=J&service=S&service=T[&since=RFC3339]
     GET    /health/liveness, /health/readiness
@@ -29,6 +29,7 @@ import argparse
 import collections
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -60,6 +61,18 @@ REPLIES_REMEMBERED = 1024
 _FORWARDED_REPLY_HEADERS = ("content-type",)
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 BUSY_RETRY_AFTER_SECONDS = 1
+
+
+def _journal_time(body: bytes, field: str) -> float | None:
+    """The journal time `field` of a revert or restore body (Unix seconds), or None if it is missing."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    value = document.get(field) if isinstance(document, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 class ReplyCache:
@@ -180,9 +193,14 @@ class HostRequestHandler(RequestHandler):
             self._stop_attempt(body)
             return
         if len(path) == 3 and path[0] == "services" and path[2] in ("revert", "restore"):
+            field = "at" if path[2] == "revert" else "requestedAt"
+            when = _journal_time(body, field)
+            if when is None:
+                self._error(HTTPStatus.BAD_REQUEST, f"the body must be a JSON object with a number {field!r}")
+                return
             try:
                 host = self.server.host
-                state = host.revert(path[1]) if path[2] == "revert" else host.restore(path[1])
+                state = host.revert(path[1], when) if path[2] == "revert" else host.restore(path[1], when)
             except NotFound as missing:
                 self._error(HTTPStatus.NOT_FOUND, str(missing))
                 return

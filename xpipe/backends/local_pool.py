@@ -61,6 +61,7 @@ class LocalService:
     name: str
     revisions: list[Revision] = field(default_factory=list)
     pinned: str | None = None
+    pinned_at: float | None = None  # journal time of the newest revert holding the pin
     restarts: int = 0
 
     @property
@@ -76,7 +77,8 @@ class LocalService:
         return self.latest
 
     def traffic(self, namespace: str) -> TrafficState:
-        return TrafficState(namespace, self.name, self.pinned, self.latest.name)
+        pinned_at = self.pinned_at if self.pinned is not None else None
+        return TrafficState(namespace, self.name, self.pinned, self.latest.name, pinned_at)
 
 
 class StepProcess:
@@ -270,25 +272,34 @@ class StepHost:
         with self._lock:
             return list(self._services.values())
 
-    def revert(self, name: str) -> TrafficState:
+    def revert(self, name: str, at: float) -> TrafficState:
         with self._lock:
             service = self.service(name)
             # A pinned service keeps its pin; otherwise the revision before the newest one (see
-            # ExecutionBackend.revert_traffic): a repeated or concurrent revert is a fixed point.
+            # ExecutionBackend.revert_traffic): a repeated or concurrent revert is a fixed point. The pin
+            # remembers the newest revert's journal time, which a later restore compares with its own.
             if service.pinned is None:
                 if len(service.revisions) < 2:
                     raise NotFound(f"service {name!r} has no earlier revision to revert to")
                 service.pinned = service.revisions[-2].name
+                service.pinned_at = at
+            else:
+                service.pinned_at = max(service.pinned_at or at, at)
             retired = self._retire_unserved(service)
             state = service.traffic(self.namespace)
         self._record("traffic pinned", name, revision=service.pinned)
         self._stop_all(retired, "revision no longer serves traffic")
         return state
 
-    def restore(self, name: str) -> TrafficState:
+    def restore(self, name: str, requested_at: float) -> TrafficState:
         with self._lock:
             service = self.service(name)
-            service.pinned = None
+            if service.pinned is not None and (service.pinned_at or 0.0) > requested_at:
+                # Another job reverted after this restore was requested: its pin stands.
+                state = service.traffic(self.namespace)
+                self._record("traffic pin kept: a newer revert holds it", name, revision=service.pinned)
+                return state
+            service.pinned, service.pinned_at = None, None
             retired = self._retire_unserved(service)
             state = service.traffic(self.namespace)
         self._record("traffic follows the latest revision", name, revision=service.latest.name)
@@ -509,7 +520,9 @@ class StepHost:
         """Load services saved by `saved_state` (the host's state file survives a restart)."""
         with self._lock:
             for name, saved in services.items():
-                service = LocalService(name, pinned=saved.get("pinnedRevision"))
+                service = LocalService(
+                    name, pinned=saved.get("pinnedRevision"), pinned_at=saved.get("pinnedAt")
+                )
                 for raw in saved.get("revisions", []):
                     spec = StepServiceSpec.from_json_dict(raw["spec"])
                     service.revisions.append(Revision(raw["name"], spec, raw["createdAt"]))
@@ -521,6 +534,7 @@ class StepHost:
             return {
                 name: {
                     "pinnedRevision": service.pinned,
+                    "pinnedAt": service.pinned_at,
                     "revisions": [
                         {"name": r.name, "createdAt": r.created_at, "spec": r.spec.to_json_dict()}
                         for r in service.revisions
