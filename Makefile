@@ -30,7 +30,7 @@ test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # Each benchmark runs its peers in the same run, prints ratios and rewrites its section of docs/benchmarks.md.
-BENCHMARKS := bench/journal.py bench/jobs.py bench/functions.py bench/e2e.py
+BENCHMARKS := bench/journal.py bench/journal_timeline.py bench/jobs.py bench/functions.py bench/e2e.py
 
 bench: $(STAMP)
 	@for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
