@@ -13,14 +13,15 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vms_adapter.server.model import Record
 
 ALLOCATED_JOB_ID = re.compile(r"^j-(\d{8,})$")
 JSON_CHUNK = 500  # entries encoded between two pauses of a snapshot's background encoding
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# Replies and counters built by the journal from decoded JSON: no cycles, so no bookkeeping looking for them.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
 def _encode_in_chunks(mapping: dict[str, Any], chunk: int) -> str:
@@ -35,10 +36,25 @@ def _encode_in_chunks(mapping: dict[str, Any], chunk: int) -> str:
 
 @dataclass(frozen=True)
 class KeyEntry:
-    """An idempotency key's original reply and when it was committed."""
+    """An idempotency key's original reply and when it was committed.
+
+    It keeps its own snapshot text once encoded: an entry never changes (a key used again gets a new
+    one), and every snapshot writes every entry still retained, so without the text each snapshot would
+    encode the whole index again, a cost growing with the retention period (``dump_json``).
+    """
 
     time: float
     reply: dict[str, Any]
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def snapshot_text(self, key: str) -> str:
+        """``"key":[time,reply]`` as the snapshot writes it (an entry is only ever stored under one key).
+        Safe from any thread: two threads that both encode it store the same text."""
+        text = self._json
+        if text is None:
+            text = f"{_ENCODER.encode(key)}:{_ENCODER.encode([self.time, self.reply])}"
+            object.__setattr__(self, "_json", text)  # a cache, not state: frozen stays true to the data
+        return text
 
 
 class JournalState:
@@ -122,10 +138,16 @@ class JournalState:
         head = _ENCODER.encode({"lastSeq": self.last_seq, "transactions": self.transactions})[:-1]
         parts = [head, ',"jobCounter":', str(self.job_counter), ',"versions":']
         parts.append(_encode_in_chunks(self.versions, chunk))
-        parts.append(',"keys":')
-        keys = {key: [entry.time, entry.reply] for key, entry in self.keys.items()}
-        parts.append(_encode_in_chunks(keys, chunk))
-        parts.append("}")
+        parts.append(',"keys":{')
+        # Each entry is encoded once in its life (snapshot_text); this joins the texts, still pausing
+        # between chunks for the entries encoded here for the first time.
+        items = list(self.keys.items())
+        texts = []
+        for start in range(0, len(items), chunk):
+            texts.append(",".join(entry.snapshot_text(key) for key, entry in items[start : start + chunk]))
+            time.sleep(0)
+        parts.append(",".join(texts))
+        parts.append("}}")
         return "".join(parts)
 
     def load(self, data: dict[str, Any]) -> None:

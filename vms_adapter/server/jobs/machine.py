@@ -30,7 +30,11 @@ INVALID_TRANSITION = "INVALID_TRANSITION"
 UNKNOWN_JOB = "UNKNOWN_JOB"
 UNKNOWN_DIRECTIVE = "UNKNOWN_DIRECTIVE"
 STATE_FORMAT = 1
-_SNAPSHOT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The state is plain JSON data built by the fold from decoded records: it has no cycles, so the encoder
+# skips the bookkeeping that looks for them (a tenth of a snapshot's encoding time).
+_SNAPSHOT_JSON = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+)
 # The directives of one SWEEP reply must fit a frame body (with room for the reply's other keys).
 SWEEP_REPLY_MAX_BYTES = MAX_BODY_BYTES - 4_000
 
