@@ -95,6 +95,7 @@ class JournalFront:
         self._connections: set[Connection] = set()
         self._ready: list[Connection] = []  # requests already buffered: serve them without waiting
         self._accept_paused_until = 0.0
+        self.turned_at = time.monotonic()  # when the loop last began a round (read by the stall watch)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -124,7 +125,7 @@ class JournalFront:
             self._selector.register(self.listener, _READ, None)
             next_check = time.monotonic() + WATCHDOG_S
             while not self.stopping.is_set():
-                now = time.monotonic()
+                now = self.turned_at = time.monotonic()
                 timeout = 0.0 if self._ready else max(0.0, min(next_check - now, WATCHDOG_S))
                 events = self._selector.select(timeout)
                 now = time.monotonic()

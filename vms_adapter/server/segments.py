@@ -37,6 +37,7 @@ class SegmentWriter:
         self._fd: int | None = None
         self.bytes_written = 0
         self.fsyncs = 0
+        self.storing: str | None = None  # the segment being written or fsynced now (read by the stall watch)
 
     def open_tail(self, name: str | None, offset: int, next_seq: int) -> None:
         """Continue the recovered tail segment at ``offset``, or start a new one at ``next_seq``.
@@ -67,6 +68,7 @@ class SegmentWriter:
         self.close()
         name = fmt.segment_name(first_seq)
         path = os.path.join(self.data_dir, name)
+        self.storing = name
         try:
             fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
             self._write_all(fd, fmt.segment_header(first_seq))
@@ -74,6 +76,8 @@ class SegmentWriter:
             fsync_directory(self.data_dir)
         except OSError as exc:
             raise StorageFailure(f"cannot create segment {path}: {exc.strerror or exc}") from exc
+        finally:
+            self.storing = None
         self._fd, self.name, self.offset = fd, name, fmt.SEGMENT_HEADER_BYTES
         log.info("started segment %s", name)
 
@@ -88,11 +92,14 @@ class SegmentWriter:
         """Write ``data`` (whole transactions) and fsync before returning; ``StorageFailure`` if not."""
         if self._fd is None:
             raise StorageFailure("no open segment")
+        self.storing = self.name
         try:
             self._write_all(self._fd, data)
             os.fsync(self._fd)
         except OSError as exc:
             raise StorageFailure(f"write or fsync of {self.name} failed: {exc.strerror or exc}") from exc
+        finally:
+            self.storing = None
         self.offset += len(data)
         self.bytes_written += len(data)
         self.fsyncs += 1

@@ -10,6 +10,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from types import FrameType
 from typing import TextIO
 
@@ -21,6 +22,7 @@ from vms_adapter.server.model import JobModel
 from vms_adapter.server.operations import Operations
 from vms_adapter.server.reader import CorruptJournal
 from vms_adapter.server.segments import StorageFailure
+from vms_adapter.server.stall import StallWatch
 from vms_adapter.server.writer import GroupCommit
 
 log = logging.getLogger("xpipe.journal")
@@ -30,7 +32,7 @@ EXIT_CONFIG = 1
 EXIT_CORRUPT = 2
 EXIT_STORAGE_FAILED = 3
 SHUTDOWN_GRACE_S = 10.0
-MAIN_WAKE_S = 0.5  # how often the waiting main thread looks whether the loop thread is still alive
+MAIN_WAKE_S = 0.5  # how often the waiting main thread looks whether the loop thread is alive and turning
 
 
 def build_model() -> JobModel:
@@ -116,8 +118,9 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
     loop.start()
     host, port = front.address
     print(f"listening on {host}:{port}", file=out, flush=True)
+    watch = StallWatch(front, journal.segments)
     while loop.is_alive() and not stopping.wait(MAIN_WAKE_S):
-        pass  # the main thread only waits, so that signals are handled promptly
+        watch.check(time.monotonic())  # otherwise the main thread only waits, so signals are handled promptly
     return shut_down(journal, loop, fatal, err=err)
 
 
