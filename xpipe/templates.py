@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic_core import CoreConfig, SchemaValidator, ValidationError
@@ -60,8 +60,7 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 ParamType = Literal["string", "integer", "number", "boolean"]
 OnFailure = Literal["rollback", "diagnose", "rollback-and-diagnose", "none"]
-PARAM_TYPES: tuple[ParamType, ...] = ("string", "integer", "number", "boolean")
-ON_FAILURE: tuple[OnFailure, ...] = ("rollback", "diagnose", "rollback-and-diagnose", "none")
+RevertKind = Literal["knative-traffic"]
 
 
 # The template classes are plain frozen dataclasses; the YAML schema they are read through is declared
@@ -113,7 +112,7 @@ class CompensateSpec:
 class RevertSpec:
     """A Knative Service whose traffic is pinned back to its previous ready revision on rollback."""
 
-    kind: Literal["knative-traffic"]
+    kind: RevertKind
     service: str
     namespace: str
 
@@ -301,7 +300,7 @@ _IMAGE = cs.nullable_schema(_STR)
 _PARAM = _record(
     ParamSpec,
     {
-        "type": cs.literal_schema(list(PARAM_TYPES)),
+        "type": cs.literal_schema(list(get_args(ParamType))),
         "description": _STR,
         "required": cs.bool_schema(),
         "default": cs.nullable_schema(
@@ -324,7 +323,7 @@ _COMPENSATE = _record(
 )
 _REVERT = _record(
     RevertSpec,
-    {"kind": cs.literal_schema(["knative-traffic"]), "service": _DNS_LABEL, "namespace": _DNS_LABEL},
+    {"kind": cs.literal_schema(list(get_args(RevertKind))), "service": _DNS_LABEL, "namespace": _DNS_LABEL},
 )
 _STEP = _record(
     StepSpec,
@@ -347,7 +346,7 @@ _TEMPLATE = _record(
     {
         "name": _DNS_NAME,
         "description": _STR,
-        "on_failure": cs.literal_schema(list(ON_FAILURE)),
+        "on_failure": cs.literal_schema(list(get_args(OnFailure))),
         "params": _check(_param_names_problem, cs.dict_schema(_STR, _PARAM)),
         "steps": _check(_duplicate_step_problem, cs.list_schema(_STEP, min_length=1, max_length=32)),
     },
