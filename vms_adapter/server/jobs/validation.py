@@ -123,8 +123,123 @@ class Fields:
         return value
 
 
+_PLAN_KEYS = frozenset({"template", "templateDigest", "params", "requestedBy", "onFailure", "steps"})
+_STEP_KEYS = frozenset(
+    {
+        "name",
+        "service",
+        "timeoutSeconds",
+        "retries",
+        "backoffSeconds",
+        "backoffFactor",
+        "heartbeatTimeoutSeconds",
+        "health",
+        "compensate",
+        "revert",
+    }
+)
+_HEALTH_KEYS = frozenset({"notReadySeconds", "maxRestarts"})
+_COMPENSATE_KEYS = frozenset({"service", "timeoutSeconds"})
+_REVERT_KEYS = frozenset({"kind", "service", "namespace"})
+
+
+def _is_text(value: object, low: int, high: int) -> bool:
+    return type(value) is str and low <= len(value) <= high
+
+
+def _is_integer(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _is_number(value: object, low: float, high: float) -> bool:
+    return (type(value) is float or type(value) is int) and low <= value <= high  # NaN fails both
+
+
+def _plainly_valid_step(step: object, names: set[str]) -> bool:
+    if type(step) is not dict or step.keys() != _STEP_KEYS:
+        return False
+    name, health = step["name"], step["health"]
+    compensate, revert = step["compensate"], step["revert"]
+    heartbeat = step["heartbeatTimeoutSeconds"]
+    return (
+        _is_text(name, 1, 63)
+        and STEP_NAME.match(name) is not None
+        and name not in names
+        and _is_text(step["service"], 1, MAX_NAME)
+        and _is_integer(step["timeoutSeconds"], 1, MAX_SECONDS)
+        and _is_integer(step["retries"], 0, MAX_RETRIES)
+        and _is_number(step["backoffSeconds"], 0, MAX_SECONDS)
+        and _is_number(step["backoffFactor"], 1, 100)
+        and _is_number(heartbeat, 0, MAX_SECONDS)
+        and heartbeat > 0
+        and type(health) is dict
+        and health.keys() == _HEALTH_KEYS
+        and _is_number(health["notReadySeconds"], 0, MAX_SECONDS)
+        and _is_integer(health["maxRestarts"], 0, 1000)
+        and (
+            compensate is None
+            or (
+                type(compensate) is dict
+                and compensate.keys() == _COMPENSATE_KEYS
+                and _is_text(compensate["service"], 1, MAX_NAME)
+                and _is_integer(compensate["timeoutSeconds"], 1, MAX_SECONDS)
+            )
+        )
+        and (
+            revert is None
+            or (
+                type(revert) is dict
+                and revert.keys() == _REVERT_KEYS
+                and revert["kind"] == "knative-traffic"
+                and _is_text(revert["service"], 1, MAX_NAME)
+                and _is_text(revert["namespace"], 1, MAX_NAME)
+            )
+        )
+    )
+
+
+def _plainly_valid_plan(data: object) -> bool:
+    """True when a plan is certainly valid, checked directly (every ``JOB_REGISTERED``, so every submit,
+    pays for this). Anything else, including what is valid in a rarer way (a mapping that is not a
+    dict, params that may exceed their limit), takes ``read_plan``'s field-by-field reading, which
+    words the refusal: this accepts only what ``read_plan`` accepts
+    (tests/jobs/test_jobs_validation_shortcut.py)."""
+    if type(data) is not dict or data.keys() != _PLAN_KEYS:
+        return False
+    params, steps = data["params"], data["steps"]
+    if not (
+        _is_text(data["template"], 1, MAX_TEXT)
+        and _is_text(data["templateDigest"], 0, MAX_TEXT)
+        and _is_text(data["requestedBy"], 1, MAX_TEXT)
+        and data["onFailure"] in ON_FAILURE
+        and type(params) is dict
+        and type(steps) is list
+        and 1 <= len(steps) <= MAX_STEPS
+    ):
+        return False
+    most = 2  # as read_plan bounds the params' JSON (left to it when they might exceed the limit)
+    for key, value in params.items():
+        if not (_is_text(key, 1, 128) and _is_text(value, 0, MAX_PARAMS_BYTES)):
+            return False
+        most += 12 * (len(key) + len(value)) + 8
+    if most > MAX_PARAMS_BYTES:
+        return False
+    names: set[str] = set()
+    for step in steps:
+        if not _plainly_valid_step(step, names):
+            return False
+        names.add(step["name"])
+    return True
+
+
 def check_plan(data: object) -> None:
     """The resolved plan of ``JOB_REGISTERED`` (JOBS.md §4)."""
+    if not _plainly_valid_plan(data):
+        read_plan(data)
+
+
+def read_plan(data: object) -> None:
+    """``check_plan`` field by field: raises ``INVALID_RECORD`` naming the first field that is wrong."""
     plan = Fields(rt.JOB_REGISTERED, data)
     plan.only("template", "templateDigest", "params", "requestedBy", "onFailure", "steps")
     plan.text("template")
