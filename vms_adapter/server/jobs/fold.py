@@ -13,7 +13,7 @@ from typing import Any
 from . import directives as dv
 from . import records as rt
 from . import states as st
-from .plan import runnable, step_named
+from .plan import runnable, step_named, step_of
 from .shapes import Attempt, Directive, Job, SagaAction
 
 
@@ -184,10 +184,10 @@ def renew(job: Job, attempt: Attempt, record_type: str, data: dict[str, Any], t:
     """``STEP_STARTED`` or ``HEARTBEAT`` of a live ``attempt``: the pod claimed, the lease renewed, the
     progress kept. (The journal's lease-fact path calls this directly, having found the attempt.)"""
     _touch_running(job)
-    run = runnable(job, attempt["step"])
-    assert run is not None
+    step = step_of(job, attempt["step"])
+    assert step is not None
     _claim(attempt, data.get("pod"), t)
-    renewed = t + float(run.step["heartbeatTimeoutSeconds"])
+    renewed = t + float(step["heartbeatTimeoutSeconds"])
     first = attempt["startedAt"] is None and attempt["heartbeats"] == 0
     # The first sign of life ends the dispatch allowance: from then on the heart-beat timeout alone.
     attempt["leaseUntil"] = renewed if first else max(attempt["leaseUntil"], renewed)

@@ -273,12 +273,17 @@ class JobStateMachine:
 
     def _claim(self, pod_name: str, job_id: str, attempt: Attempt) -> None:
         """The live ``attempt`` holds the pod: its restarts count from now (JOBS.md §8)."""
-        holder = [job_id, attempt["step"], attempt["attempt"]]
         pod = self._pods.get(pod_name)
         if pod is None:
             pod = self._pods[pod_name] = _unobserved_pod()
-        if pod["holder"] != holder:
-            pod["holder"] = holder
+        holder = pod["holder"]
+        if (
+            holder is None
+            or holder[0] != job_id
+            or holder[1] != attempt["step"]
+            or holder[2] != attempt["attempt"]
+        ):
+            pod["holder"] = [job_id, attempt["step"], attempt["attempt"]]
             pod["baseline"] = pod["restarts"]
 
     def _sync_outbox(self, job: Job) -> None:
@@ -337,8 +342,10 @@ class JobStateMachine:
         found = []
         for record in records:
             carried = record.data.get("directive")
+            if not isinstance(carried, dict):  # (most records carry none: no job lookup for them)
+                continue
             job = self._jobs.get(record.job_id)
-            if not isinstance(carried, dict) or job is None:
+            if job is None:
                 continue
             directive = job["directives"].get(carried.get("id", ""))
             if directive is not None and directive["status"] == "pending" and directive["dueAt"] <= now:

@@ -34,6 +34,12 @@ def runnable(job: Job, label: str) -> Runnable | None:
     return Runnable(label, step, step["compensate"]["service"], step["compensate"]["timeoutSeconds"], True)
 
 
+def step_of(job: Job, label: str) -> dict[str, Any] | None:
+    """The plan step a label belongs to (the step itself, or the step of a compensation): what a
+    heart-beat needs, without building a ``Runnable``."""
+    return step_named(job, label[: -len(COMPENSATE_SUFFIX)] if label.endswith(COMPENSATE_SUFFIX) else label)
+
+
 def step_named(job: Job, name: str) -> dict[str, Any] | None:
     for step in job["plan"]["steps"]:
         if step["name"] == name:
