@@ -223,7 +223,39 @@ def job_view(job: Mapping[str, Any]) -> Group:
         )
     if job.get("failure"):
         parts.append(f"failure: {_plain_json(job.get('failure'))[:200]}")
+    note = omissions_note(job)
+    if note:
+        parts.append(note)
     return Group(*parts)
+
+
+def omissions_note(job: Mapping[str, Any]) -> str | None:
+    """What the journal left out of the view so that it fits one frame (JOBS.md §8), or None.
+
+    An on-call engineer must not take a trimmed history for the whole one."""
+    attempts = 0
+    for step in job.get("steps") or []:
+        attempts += _count(step.get("attemptsOmitted"))
+        attempts += _count((step.get("compensation") or {}).get("attemptsOmitted"))
+    parts = [
+        f"{count} {what}"
+        for count, what in (
+            (_count(job.get("historyOmitted")), "older history entries"),
+            (attempts, "earlier attempts"),
+            (_count(job.get("directivesOmitted")), "settled directives"),
+        )
+        if count
+    ]
+    if not parts:
+        return None
+    return (
+        f"not shown: {', '.join(parts)} (the journal trims a long job's view to fit one frame); "
+        f"`xpipe journal dump --job {job.get('jobId')}` on the journal's data directory has everything"
+    )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def history_table(job: Mapping[str, Any]) -> Table:

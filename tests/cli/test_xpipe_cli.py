@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from xpipe.cli import CliError, Settings, jobs_table, main, parse_params
+from xpipe.cli import CliError, Settings, job_view, jobs_table, main, omissions_note, parse_params
 
 
 def test_params_take_the_template_types_and_json_on_request() -> None:
@@ -94,3 +94,24 @@ def test_text_from_jobs_is_shown_literally_not_read_as_markup() -> None:
     job = {"jobId": "j-1", "template": "t", "state": "RUNNING", "requestedBy": "x:[/oops]"}
     console.print(jobs_table([job]))
     assert "x:[/oops]" in console.export_text()
+
+
+def test_a_trimmed_view_says_what_it_leaves_out() -> None:
+    job = {
+        "jobId": "j-7",
+        "state": "FAILED",
+        "historyOmitted": 120,
+        "directivesOmitted": 36,
+        "steps": [
+            {"name": "build", "attempts": [], "attemptsOmitted": 2, "compensation": {"attemptsOmitted": 1}},
+            {"name": "test", "attempts": [], "attemptsOmitted": 0, "compensation": None},
+        ],
+    }
+    console = Console(width=400, record=True)
+    console.print(job_view(job))
+    text = console.export_text()
+    assert "not shown: 120 older history entries, 3 earlier attempts, 36 settled directives" in text
+    assert "xpipe journal dump --job j-7" in text
+
+    whole = {**job, "historyOmitted": 0, "directivesOmitted": 0, "steps": [{"name": "build", "attempts": []}]}
+    assert omissions_note(whole) is None
