@@ -100,13 +100,6 @@ def _touch_running(job: Job) -> None:
         job["state"] = st.RUNNING
 
 
-def _claim(attempt: Attempt, pod: str | None, t: float) -> None:
-    if pod and attempt["pod"] != pod:
-        attempt["pod"] = pod
-        attempt["claimedAt"] = t
-        attempt["health"] = None
-
-
 def _step_finished(job: Job, data: dict[str, Any], t: float) -> None:
     attempt = find_attempt(job, data["step"], data["attempt"])
     if attempt is None or attempt["outcome"] is not None:
@@ -183,10 +176,15 @@ def _withdraw_obsolete(job: Job, t: float) -> None:
 def renew(job: Job, attempt: Attempt, record_type: str, data: dict[str, Any], t: float) -> None:
     """``STEP_STARTED`` or ``HEARTBEAT`` of a live ``attempt``: the pod claimed, the lease renewed, the
     progress kept. (The journal's lease-fact path calls this directly, having found the attempt.)"""
-    _touch_running(job)
+    if job["state"] == st.PENDING:  # (_touch_running and _claim, written out: this runs per heart-beat)
+        job["state"] = st.RUNNING
+    pod = data.get("pod")
+    if pod and attempt["pod"] != pod:
+        attempt["pod"] = pod
+        attempt["claimedAt"] = t
+        attempt["health"] = None
     step = step_of(job, attempt["step"])
     assert step is not None
-    _claim(attempt, data.get("pod"), t)
     renewed = t + float(step["heartbeatTimeoutSeconds"])
     first = attempt["startedAt"] is None and attempt["heartbeats"] == 0
     # The first sign of life ends the dispatch allowance: from then on the heart-beat timeout alone.
