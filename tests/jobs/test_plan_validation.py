@@ -43,6 +43,7 @@ BAD_PLANS = [
     (_set("steps", []), "steps"),
     (_set("extra", 1), "extra"),
     (_set("steps.0.name", "a:b"), "steps[0].name"),
+    (_set("steps.0.name", "build\n"), "steps[0].name"),  # "$" alone would let a final newline through
     (_set("steps.1.name", "build"), "steps[1].name"),
     (_set("steps.0.service", ""), "steps[0].service"),
     (_set("steps.0.timeoutSeconds", 0), "steps[0].timeoutSeconds"),

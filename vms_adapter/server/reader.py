@@ -132,7 +132,7 @@ def scan_segment(
     ``next_seq`` is the seq the first record read must have (default: the segment's first seq).
     Never raises for bad data: the scan stops at the first damage and reports it.
     """
-    match = fmt.SEGMENT_NAME.match(name)
+    match = fmt.SEGMENT_NAME.fullmatch(name)
     scan = SegmentScan(name=name, first_seq=int(match.group(1)) if match else 0)
     if len(data) < fmt.SEGMENT_HEADER_BYTES:
         scan.damage = Damage(0, f"segment header is incomplete ({len(data)} of 16 bytes)", torn=True)
@@ -218,7 +218,7 @@ def scan_segment(
 
 def list_segments(data_dir: str) -> list[str]:
     """Segment file names in seq order."""
-    return sorted(name for name in os.listdir(data_dir) if fmt.SEGMENT_NAME.match(name))
+    return sorted(name for name in os.listdir(data_dir) if fmt.SEGMENT_NAME.fullmatch(name))
 
 
 # fsync of a directory: errors that mean "not supported here", which PostgreSQL ignores too. Any other

@@ -75,7 +75,7 @@ def list_snapshots(data_dir: str) -> list[tuple[int, str]]:
     """(last seq, file name) of every snapshot, newest first."""
     found = []
     for name in os.listdir(data_dir):
-        match = fmt.SNAPSHOT_NAME.match(name)
+        match = fmt.SNAPSHOT_NAME.fullmatch(name)
         if match:
             found.append((int(match.group(1)), name))
     return sorted(found, reverse=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from vms_adapter.server.model import Record
 
-ALLOCATED_JOB_ID = re.compile(r"^j-(\d{8,})$")
+ALLOCATED_JOB_ID = re.compile(r"j-(\d{8,})")  # fullmatch
 JSON_CHUNK = 500  # entries encoded between two pauses of a snapshot's background encoding
 # Replies and counters built by the journal from decoded JSON: no cycles, so no bookkeeping looking for them.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
@@ -85,7 +85,7 @@ class JournalState:
             self.versions[job_id] = self.versions.get(job_id, 0) + 1
         new_job = marker.get("newJob")
         if isinstance(new_job, str):
-            match = ALLOCATED_JOB_ID.match(new_job)
+            match = ALLOCATED_JOB_ID.fullmatch(new_job)
             if match:
                 self.job_counter = max(self.job_counter, int(match.group(1)))
         key, reply = marker.get("key"), marker.get("reply")

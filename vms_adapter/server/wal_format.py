@@ -39,8 +39,8 @@ KINDS = (KIND_RECORD, KIND_COMMIT)
 # limit is a damaged length field, not data.
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
-SEGMENT_NAME = re.compile(r"^seg-(\d{16})\.wal$")
-SNAPSHOT_NAME = re.compile(r"^snap-(\d{16})\.json$")
+SEGMENT_NAME = re.compile(r"seg-(\d{16})\.wal")  # both fullmatch: "$" also matches before a final newline
+SNAPSHOT_NAME = re.compile(r"snap-(\d{16})\.json")
 
 
 def segment_name(first_seq: int) -> str:

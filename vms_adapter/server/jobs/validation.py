@@ -27,7 +27,7 @@ MAX_NAME = 253
 MAX_SUMMARY = 4096
 # Params travel in every step.run directive, which must fit a commit reply (one 32,000-byte frame).
 MAX_PARAMS_BYTES = 16_000
-STEP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+STEP_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")  # fullmatch: "$" would let "build\n" through
 OUTCOMES = ("succeeded", "failed", "cancelled", "timed-out")
 REVERT_OUTCOMES = ("succeeded", "failed")
 
@@ -163,7 +163,7 @@ def _plainly_valid_step(step: object, names: set[str]) -> bool:
     heartbeat = step["heartbeatTimeoutSeconds"]
     return (
         _is_text(name, 1, 63)
-        and STEP_NAME.match(name) is not None
+        and STEP_NAME.fullmatch(name) is not None
         and name not in names
         and _is_text(step["service"], 1, MAX_NAME)
         and _is_integer(step["timeoutSeconds"], 1, MAX_SECONDS)
@@ -273,7 +273,7 @@ def read_plan(data: object) -> None:
             "revert",
         )
         name = step.text("name", max_len=63)
-        if not STEP_NAME.match(name):
+        if not STEP_NAME.fullmatch(name):
             step.fail(step.name("name"), "must use only A-Z a-z 0-9 . _ -")
         if name in seen:
             step.fail(step.name("name"), f"duplicate step name {name!r}")
