@@ -90,14 +90,29 @@ class Frame:
         return bool(self.flags & FLAG_ERROR)
 
 
+class EncodedBody(dict[str, Any]):
+    """A body together with its canonical encoding, made once elsewhere (the service encodes a COMMIT
+    reply for its commit marker, then sends the same bytes); ``encode_body`` takes ``encoded`` as is.
+    It must not be changed after it was encoded."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, body: Mapping[str, Any], encoded: bytes) -> None:
+        super().__init__(body)
+        self.encoded = encoded
+
+
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """The canonical body bytes: compact JSON, UTF-8, keys in the mapping's order, no NaN/Infinity."""
-    if not isinstance(body, Mapping):
+    if isinstance(body, EncodedBody):
+        data = body.encoded
+    elif not isinstance(body, Mapping):
         raise ProtocolError("a frame body must be a JSON object", code=BAD_REQUEST)
-    try:
-        data = _ENCODER.encode(body).encode("utf-8")
-    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
-        raise ProtocolError(f"body is not encodable as JSON: {exc}", code=BAD_REQUEST) from None
+    else:
+        try:
+            data = _ENCODER.encode(body).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
+            raise ProtocolError(f"body is not encodable as JSON: {exc}", code=BAD_REQUEST) from None
     if len(data) > MAX_BODY_BYTES:
         raise ProtocolError(f"body is {len(data)} bytes, the limit is {MAX_BODY_BYTES}", code=TOO_LARGE)
     return data
@@ -153,8 +168,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-# Built once: json.dumps/json.loads with non-default options construct a new coder on every call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# Built once: json.dumps/json.loads with non-default options construct a new coder on every call. No
+# circular-reference check (bodies are decoded JSON or built by code; a cycle still fails, RecursionError).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
 
 

@@ -24,6 +24,8 @@ from vms_adapter.errors import (
     error_from_reply,
 )
 from vms_adapter.protocol import Opcode
+from vms_adapter.server import wal_format as fmt
+from vms_adapter.server.model import Record
 
 VECTORS = json.loads(
     (Path(protocol.__file__).parent / "testdata" / "vectors.json").read_text(encoding="utf-8")
@@ -227,3 +229,35 @@ def test_conflict_carries_the_current_version() -> None:
     assert isinstance(error, Conflict)
     assert error.current_version == 7
     assert isinstance(AuthenticationFailed("x"), Rejected)
+
+
+_FINITE_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _FINITE_JSON, max_size=6), st.text(max_size=20) | st.none())
+def test_a_reply_encoded_once_gives_the_bytes_encoding_it_twice_gives(
+    reply: dict[str, Any], key: Any
+) -> None:
+    """The service encodes a COMMIT reply once, splices the text into its commit marker and sends the same
+    bytes as the reply's body: both must be exactly what encoding each on its own gives."""
+    record = Record(1, "j-00000001", "x-a", {}, 0.0)
+    marker = fmt.commit_marker([record], b"", time=1.5, key=key, new_job=None)
+    text = fmt.encode_json(reply)
+    assert fmt.encode_marker(marker, text) == fmt.encode_entry(fmt.KIND_COMMIT, {**marker, "reply": reply})
+    encoded = protocol.EncodedBody(reply, text.encode())
+    assert encoded == reply
+    assert protocol.encode_frame(Opcode.COMMIT, 3, encoded) == protocol.encode_frame(Opcode.COMMIT, 3, reply)
+
+
+def test_an_encoded_body_over_the_limit_is_refused_like_any_other() -> None:
+    big = {"pad": "x" * protocol.MAX_BODY_BYTES}
+    with pytest.raises(ProtocolError) as plain:
+        protocol.encode_body(big)
+    with pytest.raises(ProtocolError) as encoded:
+        protocol.encode_body(protocol.EncodedBody(big, fmt.encode_json(big).encode()))
+    assert encoded.value.code == plain.value.code == "TOO_LARGE"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vms_adapter.errors import INTERNAL, NOT_FOUND, REJECTED, JournalError, JournalUnavailable, Rejected
+from vms_adapter.protocol import EncodedBody
 from vms_adapter.server import reader, snapshots
 from vms_adapter.server import wal_format as fmt
 from vms_adapter.server.model import JobModel, ModelRejection, NewRecord, Record
@@ -183,9 +184,13 @@ class Journal:
                 return self.state.version(job_id) + (1 if job_id in touched else 0)
 
             reply = make_reply(records, version_after) if make_reply else None
-            marker = fmt.commit_marker(records, record_bytes, time=now, key=key, reply=reply, new_job=new_job)
-            marker_bytes = fmt.encode_entry(fmt.KIND_COMMIT, marker)
+            reply_text = fmt.encode_json(reply)
+            marker = fmt.commit_marker(records, record_bytes, time=now, key=key, new_job=new_job)
+            marker_bytes = fmt.encode_marker(marker, reply_text)
+            marker["reply"] = reply
             self.state.apply(records, marker)
+            if reply is not None:  # its frame reuses the marker's encoding of it
+                reply = EncodedBody(reply, reply_text.encode())
         except Exception as exc:
             raise StorageFailure(
                 f"state changed but the transaction could not be completed: {exc!r}"

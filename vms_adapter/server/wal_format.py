@@ -65,11 +65,22 @@ def header_check(length: int, kind: int) -> int:
     return zlib.crc32(struct.pack(">IBB", length, kind, 0)) & 0xFFFF
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The same canonical JSON as the wire protocol's (protocol.py): a COMMIT reply is encoded once, here, and
+# its frame reuses the text. No circular-reference check: payloads are decoded JSON or built by the job
+# model, and a cycle would still fail (RecursionError).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
+
+
+def encode_json(value: Any) -> str:
+    """``value`` as the journal writes it (compact UTF-8 JSON, no NaN)."""
+    return _ENCODER.encode(value)
 
 
 def encode_entry(kind: int, payload: dict[str, Any]) -> bytes:
-    data = _ENCODER.encode(payload).encode("utf-8")
+    return _entry(kind, _ENCODER.encode(payload).encode("utf-8"))
+
+
+def _entry(kind: int, data: bytes) -> bytes:
     if len(data) > MAX_ENTRY_BYTES:
         raise ValueError(f"journal entry of {len(data)} bytes exceeds {MAX_ENTRY_BYTES}")
     return ENTRY_HEADER.pack(len(data), kind, 0, header_check(len(data), kind), zlib.crc32(data)) + data
@@ -82,15 +93,10 @@ def encode_record(record: Record) -> bytes:
 
 
 def commit_marker(
-    records: Sequence[Record],
-    record_bytes: bytes,
-    *,
-    time: float,
-    key: str | None,
-    reply: dict[str, Any] | None,
-    new_job: str | None,
+    records: Sequence[Record], record_bytes: bytes, *, time: float, key: str | None, new_job: str | None
 ) -> dict[str, Any]:
-    """The COMMIT payload: seq range, count, CRC of the record entries, time, idempotency key, reply."""
+    """The COMMIT payload but its last key, the reply (``encode_marker`` adds it): seq range, count, CRC
+    of the record entries, time, idempotency key."""
     return {
         "first": records[0].seq,
         "last": records[-1].seq,
@@ -99,5 +105,11 @@ def commit_marker(
         "time": time,
         "key": key,
         "newJob": new_job,
-        "reply": reply,
     }
+
+
+def encode_marker(marker: dict[str, Any], reply_text: str) -> bytes:
+    """The COMMIT entry: ``marker`` (from ``commit_marker``) with ``"reply"`` last, whose JSON text
+    ``reply_text`` (from ``encode_json``) is spliced in as is, so that the reply is encoded only once."""
+    head = _ENCODER.encode(marker)
+    return _entry(KIND_COMMIT, f'{head[:-1]},"reply":{reply_text}}}'.encode())
