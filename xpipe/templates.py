@@ -275,7 +275,7 @@ def _param_consistency(spec: ParamSpec) -> None:
 
 def _param_names_problem(value: dict[str, ParamSpec]) -> str | None:
     for name in value:
-        if not re.match(PARAM_NAME, name):
+        if not re.fullmatch(PARAM_NAME, name):  # "$" alone would let a final newline through
             return f"param name {name!r} must match {PARAM_NAME}"
     return None
 
@@ -637,7 +637,7 @@ def _load_file(path: Path, max_revision_timeout_seconds: int) -> Template:
                     f"({max_revision_timeout_seconds} s; XPIPE_MAX_REVISION_TIMEOUT_SECONDS)",
                 )
             for key in env:
-                if not re.match(ENV_NAME, key):
+                if not re.fullmatch(ENV_NAME, key):
                     raise CatalogError(where, f"{prefix}.env.{key}", "not a valid environment variable name")
             texts = [(f"{prefix}.argv[{i}]", arg) for i, arg in enumerate(argv)]
             texts += [(f"{prefix}.env.{key}", value) for key, value in env.items()]

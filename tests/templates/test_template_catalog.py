@@ -212,6 +212,10 @@ BROKEN = [
     ("name: t\nsteps: [{name: a, argv: [x, '{{ params.bad-name }}']}]\n", "steps[0].argv[1]", "malformed"),
     ("name: t\nsteps: [{name: a, argv: [x], env: {'1BAD': v}}]\n", "steps[0].env.1BAD",
      "environment variable"),
+    # A final newline is not part of a name ("$" alone would let it through).
+    ('name: t\nsteps: [{name: a, argv: [x], env: {"A\\n": v}}]\n', "steps[0].env.A\n",
+     "environment variable"),
+    ('name: t\nparams: {"p\\n": {}}\nsteps: [{name: a, argv: [x]}]\n', "params", "must match"),
     ("name: t\nparams: {p: {type: integer, pattern: 'x'}}\nsteps: [{name: a, argv: [x]}]\n", "params.p",
      "pattern applies"),
     ("name: t\nparams: {p: {type: integer, default: 'x'}}\nsteps: [{name: a, argv: [x]}]\n", "params.p",
