@@ -15,7 +15,6 @@ Writes the results into its section of ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -27,23 +26,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import write_section  # noqa: E402
+from report import load_bench, write_section  # noqa: E402
 
 from vms_adapter.client import JournalClient  # noqa: E402
 
 BEGIN, END = "<!-- jobs-bench:begin -->", "<!-- jobs-bench:end -->"
 TARGET_RATIO = 0.8  # the orchestration workload within 20% of the storage-only path
-
-
-def _storage_bench() -> Any:
-    """``bench/journal.py`` as a module: its load generator, service launcher and storage-only worker."""
-    spec = importlib.util.spec_from_file_location("journal_bench", ROOT / "bench" / "journal.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 def _port(service: int | tuple[int, int]) -> int:
@@ -123,7 +111,7 @@ def main() -> int:
     )
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
-    bench = _storage_bench()
+    bench = load_bench("journal")
     bench.WORK.mkdir(parents=True, exist_ok=True)
     run_id = f"jobs{os.getpid()}"
     rounds: list[tuple[Any, Any]] = []

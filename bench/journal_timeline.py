@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import bisect
-import importlib.util
 import os
 import platform
 import selectors
@@ -37,22 +36,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import write_section  # noqa: E402
+from report import load_bench, write_section  # noqa: E402
 
 from vms_adapter import JournalClient  # noqa: E402
 from vms_adapter.server import cli, connection, segments  # noqa: E402
-
-
-def _journal_bench() -> Any:
-    """bench/journal.py as a module: the same record and the same raw write+fsync measure."""
-    spec = importlib.util.spec_from_file_location("journal_bench", ROOT / "bench" / "journal.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
 
 STOP_DEADLINE_S = 30.0
 
@@ -231,7 +218,7 @@ def main() -> int:
     options = parser.parse_args()
     if options.serve:
         return serve(*options.serve)
-    journal_bench = _journal_bench()
+    journal_bench = load_bench("journal")
     journal_bench.WORK.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     runs = []

@@ -1,4 +1,5 @@
-"""Writing one benchmark's section of a Markdown document, between its begin and end markers.
+"""What the bench scripts share: writing one benchmark's section of docs/benchmarks.md, and loading
+another bench script to reuse its peers and measures.
 
 Each benchmark owns one marked block of docs/benchmarks.md and rewrites only that block, so the
 benchmarks can run in any order and each leaves the others' results alone.
@@ -6,7 +7,10 @@ benchmarks can run in any order and each leaves the others' results alone.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from typing import Any
 
 BENCHMARKS_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -23,3 +27,16 @@ def write_section(lines: list[str], begin: str, end: str, doc: Path = BENCHMARKS
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def load_bench(name: str) -> Any:
+    """``bench/<name>.py`` as a module (the bench scripts are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_bench", Path(__file__).resolve().parent / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module

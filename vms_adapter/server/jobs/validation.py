@@ -123,21 +123,22 @@ class Fields:
         return value
 
 
-_PLAN_KEYS = frozenset({"template", "templateDigest", "params", "requestedBy", "onFailure", "steps"})
-_STEP_KEYS = frozenset(
-    {
-        "name",
-        "service",
-        "timeoutSeconds",
-        "retries",
-        "backoffSeconds",
-        "backoffFactor",
-        "heartbeatTimeoutSeconds",
-        "health",
-        "compensate",
-        "revert",
-    }
+# A plan's and a step's fields, in the order a refusal lists them; the sets are the fast path's check.
+_PLAN_FIELDS = ("template", "templateDigest", "params", "requestedBy", "onFailure", "steps")
+_STEP_FIELDS = (
+    "name",
+    "service",
+    "timeoutSeconds",
+    "retries",
+    "backoffSeconds",
+    "backoffFactor",
+    "heartbeatTimeoutSeconds",
+    "health",
+    "compensate",
+    "revert",
 )
+_PLAN_KEYS = frozenset(_PLAN_FIELDS)
+_STEP_KEYS = frozenset(_STEP_FIELDS)
 _HEALTH_KEYS = frozenset({"notReadySeconds", "maxRestarts"})
 _COMPENSATE_KEYS = frozenset({"service", "timeoutSeconds"})
 _REVERT_KEYS = frozenset({"kind", "service", "namespace"})
@@ -241,7 +242,7 @@ def check_plan(data: object) -> None:
 def read_plan(data: object) -> None:
     """``check_plan`` field by field: raises ``INVALID_RECORD`` naming the first field that is wrong."""
     plan = Fields(rt.JOB_REGISTERED, data)
-    plan.only("template", "templateDigest", "params", "requestedBy", "onFailure", "steps")
+    plan.only(*_PLAN_FIELDS)
     plan.text("template")
     plan.text("templateDigest", min_len=0)
     plan.text("requestedBy")
@@ -260,18 +261,7 @@ def read_plan(data: object) -> None:
     seen: set[str] = set()
     for index, raw in enumerate(plan.items("steps", min_items=1, max_items=MAX_STEPS)):
         step = Fields(rt.JOB_REGISTERED, raw, f"steps[{index}]")
-        step.only(
-            "name",
-            "service",
-            "timeoutSeconds",
-            "retries",
-            "backoffSeconds",
-            "backoffFactor",
-            "heartbeatTimeoutSeconds",
-            "health",
-            "compensate",
-            "revert",
-        )
+        step.only(*_STEP_FIELDS)
         name = step.text("name", max_len=63)
         if not STEP_NAME.fullmatch(name):
             step.fail(step.name("name"), "must use only A-Z a-z 0-9 . _ -")
