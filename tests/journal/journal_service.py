@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vms_adapter.client import JournalClient
+from vms_adapter.server.front import JournalFront
+from vms_adapter.server.operations import Operations
 
 ROOT = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 20.0
@@ -141,3 +143,19 @@ def exit_of(server: JournalServer) -> int:
     except subprocess.TimeoutExpired:
         server.kill()
         raise AssertionError("the service did not exit") from None
+
+
+def in_process_front(operations: Operations, stopping: threading.Event | None = None) -> JournalFront:
+    """The service's real front in this process (for tests that reach into its loop), listening on a
+    free port of 127.0.0.1, not serving yet: run ``serve_until_stopped`` on a thread."""
+    return JournalFront(
+        operations,
+        host="127.0.0.1",
+        port=0,
+        secret=None,
+        tls=None,
+        max_connections=8,
+        idle_timeout_s=30.0,
+        frame_timeout_s=5.0,
+        stopping=stopping,
+    )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from journal_service import in_process_front
 
 from vms_adapter import protocol
 from vms_adapter.client import JournalClient
@@ -17,7 +18,6 @@ from vms_adapter.protocol import Opcode
 from vms_adapter.server import connection as connection_module
 from vms_adapter.server import service, snapshots
 from vms_adapter.server.connection import Connection, Limits
-from vms_adapter.server.front import JournalFront
 from vms_adapter.server.journal import Journal, StorageOptions
 from vms_adapter.server.open_model import OpenModel
 from vms_adapter.server.operations import Operations
@@ -171,16 +171,7 @@ def test_a_failure_of_the_loop_itself_is_a_fail_stop_without_snapshot(tmp_path: 
     fatal: list[str] = []
     writer = GroupCommit(journal, on_fatal=fatal.append)
     operations = Operations(journal, writer)
-    front = JournalFront(
-        operations,
-        host="127.0.0.1",
-        port=0,
-        secret=None,
-        tls=None,
-        max_connections=8,
-        idle_timeout_s=30.0,
-        frame_timeout_s=5.0,
-    )
+    front = in_process_front(operations)
     loop = threading.Thread(target=front.serve_until_stopped, daemon=True)
     loop.start()
     with JournalClient("127.0.0.1", front.address[1], retry_deadline=2.0) as client:

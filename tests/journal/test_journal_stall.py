@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from journal_service import in_process_front
 from support.waiting import wait_until
 
 from vms_adapter.client import JournalClient
-from vms_adapter.server.front import JournalFront
 from vms_adapter.server.journal import Journal, StorageOptions
 from vms_adapter.server.open_model import OpenModel
 from vms_adapter.server.operations import Operations
@@ -58,17 +58,7 @@ def test_a_loop_stuck_in_a_journal_write_is_reported_until_it_turns_again(
     writer = GroupCommit(journal)
     operations = Operations(journal, writer)
     stopping = threading.Event()
-    front = JournalFront(
-        operations,
-        host="127.0.0.1",
-        port=0,
-        secret=None,
-        tls=None,
-        max_connections=8,
-        idle_timeout_s=30.0,
-        frame_timeout_s=5.0,
-        stopping=stopping,
-    )
+    front = in_process_front(operations, stopping)
     watch = StallWatch(front, journal.segments, warn_after_s=0.5, repeat_s=60.0)
     loop = threading.Thread(target=front.serve_until_stopped, daemon=True)
     loop.start()
