@@ -1,5 +1,5 @@
-"""The outbox's HTTP client for the sink (``http.client``, kept alive per thread), against a scripted
-server: every way an answer may end.
+"""The outbox's HTTP client for the sink (llhttp through ``httptools``, kept alive per thread), against a
+scripted server: every way an answer may end, and every limit on one.
 
 The server answers each request with canned bytes (per connection, in order), records what it received
 and how many connections were opened, so each test states what reached the sink and whether the
@@ -8,13 +8,15 @@ client kept, dropped or retried its connection.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from xpipe.sink import BadSinkResponse, SinkConnections
+from xpipe.sink import MAX_HEAD_BYTES, BadSinkResponse, SinkConnections
 
 IO_TIMEOUT_S = 5.0
 HEADERS = {"ce-id": "d-1", "ce-type": "com.xpipe.step.run", "content-type": "application/json"}
@@ -166,6 +168,9 @@ def test_a_fresh_connection_closed_without_an_answer_fails(scripted: list[Script
         b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\nshort",
         b"HTTP/1.1 202 Accepted\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",
+        b"HTTP/1.1 202 Accepted\r\nX-Big: " + b"x" * MAX_HEAD_BYTES + b"\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 202 Acc",
     ],
     ids=[
         "not-http",
@@ -173,6 +178,9 @@ def test_a_fresh_connection_closed_without_an_answer_fails(scripted: list[Script
         "bad-chunk",
         "truncated",
         "headers",
+        "head-too-long",
+        "switching-protocols",
+        "closed-mid-head",
     ],
 )
 def test_a_nonsense_answer_is_an_error_and_the_connection_is_dropped(
@@ -187,8 +195,24 @@ def test_a_nonsense_answer_is_an_error_and_the_connection_is_dropped(
 
 @pytest.mark.parametrize(
     "headers",
-    [{"ce-id": "d-1\r\nX-Injected: 1"}, {"ce-id": "d\n1"}, {"ce-id:": "x"}, {"ce-id": "€"}],
-    ids=["crlf-in-value", "lf-in-value", "colon-in-name", "not-latin-1"],
+    [
+        {"ce-id": "d-1\r\nX-Injected: 1"},
+        {"ce-id": "d\n1"},
+        {"ce-id": "d\x001"},
+        {"ce-id:": "x"},
+        {"ce id": "x"},
+        {"": "x"},
+        {"ce-id": "€"},
+    ],
+    ids=[
+        "crlf-in-value",
+        "lf-in-value",
+        "nul-in-value",
+        "colon-in-name",
+        "space-in-name",
+        "empty-name",
+        "not-latin-1",
+    ],
 )
 def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_sent(
     scripted: list[ScriptedSink], headers: dict[str, str]
@@ -197,3 +221,85 @@ def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_sent(
     with pytest.raises(ValueError):
         client.post(headers, b"{}")
     assert sink.connections == 0
+
+
+def test_bytes_after_the_final_answer_end_the_connection(scripted: list[ScriptedSink]) -> None:
+    # A second, unasked-for answer in the same packet: reusing the connection would read it as the next
+    # request's answer.
+    stray = b"HTTP/1.1 500 Stray\r\nContent-Length: 0\r\n\r\n"
+    sink, client = _sink(scripted, [[ACCEPTED + stray], [ACCEPTED]])
+    assert client.post(HEADERS, b"{}") == 202
+    assert client.post(HEADERS, b"{}") == 202
+    assert [connection for connection, _, _ in sink.requests] == [0, 1]
+
+
+class SilentSink:
+    """Counts connections; on each, answers the first request with ``drip``, one byte every ``gap_s``,
+    and then says nothing more."""
+
+    def __init__(self, drip: bytes, gap_s: float) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/"
+        self.connections = 0
+        self._stop = threading.Event()
+        self._drip, self._gap_s = drip, gap_s
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client hangs up when its time is out
+            conn.recv(65536)
+            for byte in self._drip:
+                if self._stop.wait(self._gap_s):
+                    return
+                conn.sendall(bytes([byte]))
+            self._stop.wait(IO_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(IO_TIMEOUT_S)
+        self._listener.close()
+
+
+@pytest.mark.parametrize(
+    "drip", [b"", b"HTTP/1.1 202 Accepted\r\n" + b"X-A: 1\r\n" * 50], ids=["silent", "trickling"]
+)
+def test_an_answer_must_arrive_within_the_time_out_however_it_trickles(drip: bytes) -> None:
+    # The time-out bounds the whole exchange, not each read: a sink sending a byte every 20 ms (well
+    # within a per-read time-out) is still cut off.
+    sink = SilentSink(drip, gap_s=0.02)
+    try:
+        client = SinkConnections(sink.url, timeout_seconds=0.5)
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.post(HEADERS, b"{}")
+        assert time.monotonic() - began < IO_TIMEOUT_S
+    finally:
+        sink.close()
+
+
+def test_a_kept_connection_that_times_out_is_not_retried() -> None:
+    # Only a connection the sink closed while idle is retried; a sink too slow to answer is not asked
+    # twice (that would double the wait of the request thread).
+    sink = SilentSink(ACCEPTED, gap_s=0.0)
+    try:
+        client = SinkConnections(sink.url, timeout_seconds=0.5)
+        assert client.post(HEADERS, b"{}") == 202
+        with pytest.raises(TimeoutError):
+            client.post(HEADERS, b"{}")
+        assert sink.connections == 1
+    finally:
+        sink.close()
