@@ -1,11 +1,12 @@
 """Benchmark of the functions: submit against a no-op function, same server, same settings, same client.
 
-    .venv/bin/python bench/functions.py [--seconds 8] [--concurrency 8] [--cold-starts 5] [--no-write]
+    .venv/bin/python bench/functions.py [--seconds 8] [--rounds 5] [--concurrency 8] [--cold-starts 5]
+        [--threads 8] [--no-write]
 
 Starts a real journal service (durable commits: fsync before every acknowledgement), the local step
-host and a CloudEvent sink (in its own process, as a broker is) on 127.0.0.1, then serves submit and a
-no-op ``@functions_framework.http`` function (bench/noop_function.py) with the same
-functions-framework/gunicorn settings (1 worker, ``THREADS`` threads). One load generator
+host and a CloudEvent sink (a minimal broker stand-in, in its own process as a broker is) on 127.0.0.1,
+then serves submit and a no-op ``@functions_framework.http`` function (bench/noop_function.py) with the
+same functions-framework/gunicorn settings (1 worker, ``THREADS`` threads). One load generator
 (``--concurrency`` threads, one keep-alive connection each) posts binary-mode CloudEvents to each for
 ``--seconds`` and reports throughput and p50/p99 latency.
 Cold start is measured as process start to first 2xx (``GET /health/liveness`` for the functions,
