@@ -23,16 +23,16 @@ HEADERS = {"ce-id": "d-1", "ce-type": "com.xpipe.step.run", "content-type": "app
 ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
 
 
-class ScriptedSink:
-    """Accepts connections; connection ``n`` answers its requests with ``script[n]`` (then closes)."""
+class AcceptingSink:
+    """Accepts connections on 127.0.0.1, counts them, and serves each on a thread of its own."""
 
-    def __init__(self, script: list[list[bytes]]) -> None:
-        self.script = script
-        self.requests: list[tuple[int, bytes, bytes]] = []  # (connection, head, body)
+    path = "/"
+
+    def __init__(self) -> None:
         self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/events?x=1"
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}{self.path}"
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
@@ -49,6 +49,27 @@ class ScriptedSink:
             thread = threading.Thread(target=self._serve, args=(conn, index), daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join(IO_TIMEOUT_S)
+        for thread in self._threads:
+            thread.join(IO_TIMEOUT_S)
+        self._listener.close()
+
+
+class ScriptedSink(AcceptingSink):
+    """Connection ``n`` answers its requests with ``script[n]`` (then closes)."""
+
+    path = "/events?x=1"
+
+    def __init__(self, script: list[list[bytes]]) -> None:
+        self.script = script
+        self.requests: list[tuple[int, bytes, bytes]] = []  # (connection, head, body)
+        super().__init__()
 
     def _serve(self, conn: socket.socket, index: int) -> None:
         conn.settimeout(IO_TIMEOUT_S)
@@ -68,13 +89,6 @@ class ScriptedSink:
                 )
                 self.requests.append((index, head, reader.read(length)))
                 conn.sendall(answer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._acceptor.join(IO_TIMEOUT_S)
-        for thread in self._threads:
-            thread.join(IO_TIMEOUT_S)
-        self._listener.close()
 
 
 @pytest.fixture
@@ -233,32 +247,15 @@ def test_bytes_after_the_final_answer_end_the_connection(scripted: list[Scripted
     assert [connection for connection, _, _ in sink.requests] == [0, 1]
 
 
-class SilentSink:
-    """Counts connections; on each, answers the first request with ``drip``, one byte every ``gap_s``,
-    and then says nothing more."""
+class SilentSink(AcceptingSink):
+    """On each connection, answers the first request with ``drip``, one byte every ``gap_s``, and then
+    says nothing more."""
 
     def __init__(self, drip: bytes, gap_s: float) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self.connections = 0
-        self._stop = threading.Event()
         self._drip, self._gap_s = drip, gap_s
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, index: int) -> None:
         with conn, contextlib.suppress(OSError):  # the client hangs up when its time is out
             conn.recv(65536)
             for byte in self._drip:
@@ -266,12 +263,6 @@ class SilentSink:
                     return
                 conn.sendall(bytes([byte]))
             self._stop.wait(IO_TIMEOUT_S)
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(IO_TIMEOUT_S)
-        self._listener.close()
 
 
 @pytest.mark.parametrize(
