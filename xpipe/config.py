@@ -12,6 +12,7 @@ and never appear in ``repr`` or in an error message.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +139,31 @@ def _secret(path_text: str) -> bytes:
 
 
 def _sink(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"K_SINK={raw!r} must be an http(s) URL")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ConfigurationError(f"K_SINK={_without_userinfo(raw)!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"K_SINK={_without_userinfo(raw)!r} must be an http(s) URL with a host")
+    if _UNSENDABLE_URL.search(raw):
+        raise ConfigurationError(
+            f"K_SINK={_without_userinfo(raw)!r} holds a space or control character: percent-encode it"
+        )
     return raw
+
+
+# A space or control character cannot be sent in a request line (RFC 3986 asks for percent-encoding).
+_UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` for a message, with any ``user:password@`` cut: a credential never reaches a log."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
 def _ce_overrides(raw: str) -> dict[str, str]:

@@ -35,6 +35,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Bytes a field value must not carry: a line break would end the header early (injection), NUL is never
 # allowed (RFC 9110 §5.5).
 _UNSENDABLE_VALUE = re.compile(r"[\r\n\0]")
+# A space or control character would break the request line (RFC 3986 requires percent-encoding).
+_UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
 
 
 # What reusing a connection the sink has closed while idle raises: a reset, a broken pipe, or the close
@@ -135,12 +137,14 @@ class SinkConnections:
     def __init__(self, sink: str, timeout_seconds: float) -> None:
         parts = urlsplit(sink)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"sink {sink!r} is not an http(s) URL")
+            raise ValueError("the sink's URL is not an http(s) URL with a host")  # never echoed: credentials
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         authority = parts.netloc.rsplit("@", 1)[-1]  # never send credentials in Host
+        if _UNSENDABLE_URL.search(path + authority):
+            raise ValueError("the sink's URL holds a space or control character: percent-encode it")
         self._method_line = f"POST {path} HTTP/1.1\r\n".encode("ascii")
         self._fixed = f"Host: {authority}\r\n".encode("idna" if not authority.isascii() else "ascii")
         self._timeout = timeout_seconds

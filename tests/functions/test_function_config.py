@@ -59,6 +59,11 @@ def test_ipv6_journal_address_and_overrides_are_parsed() -> None:
         ({"XPIPE_TOKENS_FILE": ""}, "XPIPE_TOKENS_FILE"),
         ({"K_SINK": ""}, "K_SINK"),
         ({"K_SINK": "ftp://broker/"}, "K_SINK"),
+        ({"K_SINK": "http:///no-host"}, "K_SINK"),
+        ({"K_SINK": "http://broker:port/"}, "K_SINK"),
+        ({"K_SINK": "http://[::1/"}, "K_SINK"),
+        ({"K_SINK": "http://broker/a path"}, "K_SINK"),
+        ({"K_SINK": "http://broker/\r\nX-Injected: 1"}, "K_SINK"),
         ({"XPIPE_BACKEND": "docker"}, "XPIPE_BACKEND"),
         ({"XPIPE_MAX_BODY_BYTES": "lots"}, "XPIPE_MAX_BODY_BYTES"),
         ({"XPIPE_MAX_BODY_BYTES": "10"}, "XPIPE_MAX_BODY_BYTES"),
@@ -76,6 +81,14 @@ def test_ipv6_journal_address_and_overrides_are_parsed() -> None:
 def test_a_bad_variable_is_refused_by_name(change: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigurationError, match=variable):
         load({**BASE, **change})
+
+
+@pytest.mark.parametrize("sink", ["ftp://user:s3cret@broker/", "http://user:s3cret@broker/a b"])
+def test_a_refused_sink_url_never_shows_its_credentials(sink: str) -> None:
+    with pytest.raises(ConfigurationError, match="K_SINK") as refused:
+        load({**BASE, "K_SINK": sink})
+    assert "s3cret" not in str(refused.value)
+    assert "***@broker" in str(refused.value)
 
 
 def test_the_journal_secret_is_read_from_its_file_and_never_shown(tmp_path: Path) -> None:

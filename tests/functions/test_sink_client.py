@@ -294,3 +294,12 @@ def test_a_kept_connection_that_times_out_is_not_retried() -> None:
         assert sink.connections == 1
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://u:s3cret@broker/", "http:///path", "http://u:s3cret@broker/a b", "http://broker/\r\nX: 1"]
+)
+def test_a_sink_url_that_cannot_be_sent_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ValueError, match="the sink's URL") as refused:
+        SinkConnections(url, IO_TIMEOUT_S)
+    assert "s3cret" not in str(refused.value)
