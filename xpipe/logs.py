@@ -2,8 +2,10 @@
 
 A function serves many requests on gunicorn threads at once; the CloudEvent id and the job id being
 worked on are kept in context variables, so every line written while handling a request names them
-(``eventId``, ``jobId``) without threading them through every call. Log collectors in the cluster and
-``xpipe up`` locally parse these lines.
+(``eventId``, ``jobId``) without threading them through every call. Facts a handler learns on the way
+(``bind_fields``: the template, the journal seq) join the request's closing ``event handled`` line
+instead of taking a line of their own: a log line costs about 15 us of CPU, a noticeable share of a
+request. Log collectors in the cluster and ``xpipe up`` locally parse these lines.
 
 Secrets: tokens and the journal secret never reach a log call (the functions log the caller's token
 *name* only); as a second line of defence any ``X-Token-XPipe`` value that slips into a message is masked.
@@ -23,6 +25,7 @@ from typing import Any
 
 _event_id: ContextVar[str | None] = ContextVar("xpipe_event_id", default=None)
 _job_id: ContextVar[str | None] = ContextVar("xpipe_job_id", default=None)
+_fields: ContextVar[dict[str, Any] | None] = ContextVar("xpipe_fields", default=None)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _TOKEN_HEADER = re.compile(r"(x-token-xpipe['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE)
 
@@ -48,6 +51,9 @@ class JsonLines(logging.Formatter):
             entry["eventId"] = event_id
         if job_id is not None:
             entry["jobId"] = job_id
+        fields = _fields.get()
+        if fields:
+            entry.update(fields)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -73,9 +79,11 @@ def event_context(event_id: str | None) -> Iterator[None]:
     """Tag the log lines written inside this block with the CloudEvent id being handled."""
     event_token = _event_id.set(event_id)
     job_token = _job_id.set(None)
+    fields_token = _fields.set(None)
     try:
         yield
     finally:
+        _fields.reset(fields_token)
         _job_id.reset(job_token)
         _event_id.reset(event_token)
 
@@ -88,3 +96,8 @@ def bind_event(event_id: str | None) -> None:
 def bind_job(job_id: str | None) -> None:
     """From now on (until the event's block ends) the log lines name this job."""
     _job_id.set(job_id)
+
+
+def bind_fields(**fields: Any) -> None:
+    """From now on (until the event's block ends) the log lines carry these fields too."""
+    _fields.set({**(_fields.get() or {}), **fields})

@@ -11,7 +11,6 @@ job the first one registered.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,8 +30,6 @@ from xpipe.http import event_data
 from xpipe.journal import JobJournal, idempotency_key
 from xpipe.outbox import Outbox
 from xpipe.templates import Catalog, resolve
-
-log = logging.getLogger("xpipe.submission")
 
 REPLY_SOURCE = "/xpipe/submit"
 REGISTERED_STATE = "PENDING"
@@ -144,7 +141,7 @@ class Submission:
                 f"submission (job {job_id}; differs in {', '.join(differing)}): send a new event id"
             )
 
-    def handle(self, event: CloudEvent, caller: Caller) -> CloudEvent:
+    def handle(self, event: CloudEvent, caller: Caller) -> CloudEvent:  # noqa: ARG002 - the endpoint logs it
         """Register the job the event asks for; the reply is ``com.xpipe.job.registered``."""
         submit = parse_submit(event)
         template = self.catalog.get(submit.template)
@@ -152,13 +149,10 @@ class Submission:
         self._ensure(job.services)
         committed = self.journal.register(job.plan, key=idempotency_key(event["source"], event["id"]))
         logs.bind_job(committed.job_id)
+        # On the request's "event handled" line (one line per request: see xpipe.logs).
+        logs.bind_fields(template=template.name, duplicate=committed.duplicate, seq=committed.seq)
         if committed.duplicate:
             self._check_same_submission(event, job.plan, committed.job_id)
-        log.info(
-            "job registered",
-            extra={"template": template.name, "duplicate": committed.duplicate, "seq": committed.seq,
-                   "caller": caller.name},
-        )  # fmt: skip
         self.outbox.deliver(committed.directives)
         # The data of xpipe.events.JobRegistered (written out: see SUBMIT_DATA_SCHEMA).
         registered = {

@@ -291,11 +291,20 @@ def test_logs_are_json_lines_with_event_ids_and_never_a_token(submit: FunctionSe
     raw_post(submit, b"{}", ce_headers(token=SUBMIT_TOKEN + "x"))
     text = submit.log_path.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    # One line per handled request, carrying what submit learned: the job, its template, the journal seq.
     handled = [
-        line for line in lines if line.get("eventId") == event["id"] and line["msg"] == "job registered"
+        line for line in lines if line.get("eventId") == event["id"] and line["logger"].startswith("xpipe")
     ]
-    assert handled
-    assert handled[0]["jobId"]
+    assert [line["msg"] for line in handled] == ["event handled"]
+    assert handled[0]["jobId"].startswith("j-")
+    assert handled[0]["template"] == "demo-ok"
+    assert handled[0]["duplicate"] is False
+    assert handled[0]["seq"] >= 1
+    assert handled[0]["status"] == 200
+    # The fields belong to that request only: the refused request after it on the server names none.
+    refused = [line for line in lines if line["msg"] == "event refused"]
+    assert refused
+    assert all("template" not in line and "jobId" not in line for line in refused)
     assert SUBMIT_TOKEN not in text
 
 
