@@ -186,6 +186,8 @@ class Outbox:
             status = self._connections.post(headers, body)
         except (OSError, BadSinkResponse) as exc:
             raise PublishFailed(f"{type(exc).__name__} posting to the sink") from None
+        except ValueError as exc:  # an attribute that cannot be an HTTP header: this event only
+            raise PublishFailed(f"the event cannot be sent in binary mode: {exc}") from None
         if not 200 <= status < 300:
             raise PublishFailed(f"the sink answered {status}")
 

@@ -9,10 +9,12 @@ client kept, dropped or retried its connection.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,6 +23,7 @@ from xpipe.sink import MAX_HEAD_BYTES, BadSinkResponse, SinkConnections
 IO_TIMEOUT_S = 5.0
 HEADERS = {"ce-id": "d-1", "ce-type": "com.xpipe.step.run", "content-type": "application/json"}
 ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
 
 
 class AcceptingSink:
@@ -144,8 +147,10 @@ def test_a_kept_connection_serves_the_next_event(scripted: list[ScriptedSink], f
         b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.0 202 Accepted\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 202 Accepted\r\n\r\nbody until the close",
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: gzip\r\n\r\nbody until the close",
+        b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\nstray bytes",
     ],
-    ids=["connection-close", "http10", "close-delimited-body"],
+    ids=["connection-close", "http10", "close-delimited-body", "close-delimited-gzip", "bytes-after-close"],
 )
 def test_a_connection_the_sink_ends_is_not_reused(scripted: list[ScriptedSink], first_answer: bytes) -> None:
     sink, client = _sink(scripted, [[first_answer], [ACCEPTED]])
@@ -185,6 +190,11 @@ def test_a_fresh_connection_closed_without_an_answer_fails(scripted: list[Script
         b"HTTP/1.1 202 Accepted\r\nX-Big: " + b"x" * MAX_HEAD_BYTES + b"\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         b"HTTP/1.1 202 Acc",
+        b"HTTP/2.0 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 099 Odd\r\n\r\n" + ACCEPTED,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nX-Big: "
+        + b"x" * MAX_HEAD_BYTES
+        + b"\r\n\r\n",
     ],
     ids=[
         "not-http",
@@ -195,6 +205,9 @@ def test_a_fresh_connection_closed_without_an_answer_fails(scripted: list[Script
         "head-too-long",
         "switching-protocols",
         "closed-mid-head",
+        "http2",
+        "status-below-100",
+        "head-too-long-after-interim",
     ],
 )
 def test_a_nonsense_answer_is_an_error_and_the_connection_is_dropped(
@@ -217,6 +230,10 @@ def test_a_nonsense_answer_is_an_error_and_the_connection_is_dropped(
         {"ce id": "x"},
         {"": "x"},
         {"ce-id": "€"},
+        {"ce-id": "d\x0b1"},
+        {"Content-Length": "5"},
+        {"transfer-encoding": "chunked"},
+        {"Host": "elsewhere"},
     ],
     ids=[
         "crlf-in-value",
@@ -226,6 +243,10 @@ def test_a_nonsense_answer_is_an_error_and_the_connection_is_dropped(
         "space-in-name",
         "empty-name",
         "not-latin-1",
+        "control-character",
+        "own-content-length",
+        "own-transfer-encoding",
+        "own-host",
     ],
 )
 def test_a_header_that_cannot_be_sent_is_refused_before_anything_is_sent(
@@ -303,3 +324,146 @@ def test_a_sink_url_that_cannot_be_sent_is_refused_without_echoing_it(url: str) 
     with pytest.raises(ValueError, match="the sink's URL") as refused:
         SinkConnections(url, IO_TIMEOUT_S)
     assert "s3cret" not in str(refused.value)
+
+
+class HoldingSink(AcceptingSink):
+    """Connection 0 runs ``first(conn)``; every later connection answers each request with ``later``."""
+
+    def __init__(self, first: Callable[[socket.socket], None], later: bytes) -> None:
+        self._first, self._later = first, later
+        super().__init__()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(IO_TIMEOUT_S)
+            if index == 0:
+                self._first(conn)
+                return
+            while conn.recv(65536):
+                conn.sendall(self._later)
+
+
+@contextlib.contextmanager
+def holding(first: Callable[[socket.socket], None], later: bytes = CREATED) -> Iterator[HoldingSink]:
+    sink = HoldingSink(first, later)
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+def test_a_stray_answer_that_comes_later_is_never_taken_for_the_next_requests() -> None:
+    # The sink answers, then sends a second, unasked-for answer in a packet of its own. Reusing the
+    # connection would read that stray 202 as the answer to the next event, which the sink refuses.
+    answered, stray_sent = threading.Event(), threading.Event()
+
+    def first(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(ACCEPTED)
+        answered.wait(IO_TIMEOUT_S)  # the client has read that answer: the stray comes on its own
+        conn.sendall(ACCEPTED)  # the stray (on loopback it is in the client's buffer once sent)
+        stray_sent.set()
+        while conn.recv(65536):
+            conn.sendall(b"HTTP/1.1 503 Refused\r\nContent-Length: 0\r\n\r\n")
+
+    with holding(first) as sink:
+        client = SinkConnections(sink.url, IO_TIMEOUT_S)
+        assert client.post(HEADERS, b"{1}") == 202
+        answered.set()
+        assert stray_sent.wait(IO_TIMEOUT_S)
+        assert client.post(HEADERS, b"{2}") == 201  # answered on a fresh connection
+        assert sink.connections == 2
+        client.close()
+
+
+class Interrupted(BaseException):
+    """What a signal handler raises in the middle of a publish (as gevent or KeyboardInterrupt would)."""
+
+
+def test_a_publish_interrupted_mid_exchange_never_leaves_its_answer_to_the_next() -> None:
+    requested = threading.Event()
+
+    def first(conn: socket.socket) -> None:
+        conn.recv(65536)
+        requested.set()
+        os.kill(os.getpid(), signal.SIGUSR1)  # interrupts the client's wait for this answer
+        if conn.recv(65536):  # a second request on this connection gets the late 202 first, then 503
+            conn.sendall(ACCEPTED + b"HTTP/1.1 503 Refused\r\nContent-Length: 0\r\n\r\n")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with holding(first) as sink:
+            client = SinkConnections(sink.url, IO_TIMEOUT_S)
+            with pytest.raises(Interrupted):
+                client.post(HEADERS, b"{1}")
+            assert requested.is_set()
+            assert client.post(HEADERS, b"{2}") == 201
+            assert sink.connections == 2
+            client.close()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_the_retry_gets_only_what_is_left_of_the_time_out() -> None:
+    # The kept connection is held for 0.6 of the time-out and then closed unanswered; the fresh one would
+    # answer after another 0.6. One deadline covers both: the publish fails at the time-out.
+    timeout_s = 1.0
+    stop = threading.Event()
+
+    def first(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(ACCEPTED)
+        conn.recv(65536)
+        stop.wait(0.6 * timeout_s)  # a slow sink, not a synchronisation
+
+    def later(conn: socket.socket) -> None:
+        conn.recv(65536)
+        stop.wait(0.6 * timeout_s)
+        conn.sendall(ACCEPTED)
+
+    sink = SequencedSink([first, later])
+    try:
+        client = SinkConnections(sink.url, timeout_s)
+        assert client.post(HEADERS, b"{1}") == 202
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.post(HEADERS, b"{2}")
+        assert time.monotonic() - began < 1.1 * timeout_s + 0.5
+        assert sink.connections == 2  # it was retried, within the same deadline
+    finally:
+        stop.set()
+        sink.close()
+
+
+class SequencedSink(AcceptingSink):
+    """Connection ``n`` is served by ``behaviours[n]``."""
+
+    def __init__(self, behaviours: list[Callable[[socket.socket], None]]) -> None:
+        self._behaviours = behaviours
+        super().__init__()
+
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(IO_TIMEOUT_S)
+            if index < len(self._behaviours):
+                self._behaviours[index](conn)
+
+
+def test_an_unfinished_head_after_an_interim_answer_is_cut_off_at_the_limit() -> None:
+    # llhttp keeps an unfinished header in memory until its line ends: the byte count bounds it.
+    def first(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nX-Big: " + b"x" * 2 * MAX_HEAD_BYTES
+        )
+        conn.recv(65536)  # holds the connection open until the client gives up on it
+
+    with holding(first) as sink:
+        client = SinkConnections(sink.url, IO_TIMEOUT_S)
+        began = time.monotonic()
+        with pytest.raises(BadSinkResponse, match="head exceeds"):
+            client.post(HEADERS, b"{}")
+        assert time.monotonic() - began < IO_TIMEOUT_S  # refused, not timed out

@@ -288,7 +288,8 @@ def test_health_endpoints_answer_and_other_methods_are_refused(submit: FunctionS
 def test_logs_are_json_lines_with_event_ids_and_never_a_token(submit: FunctionServer) -> None:
     event = submit_event()
     registered(submit.post(event, token=SUBMIT_TOKEN))
-    raw_post(submit, b"{}", ce_headers(token=SUBMIT_TOKEN + "x"))
+    wrong_token = ce_headers(token=SUBMIT_TOKEN + "x")
+    raw_post(submit, b"{}", wrong_token)
     text = submit.log_path.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     # One line per handled request, carrying what submit learned: the job, its template, the journal seq.
@@ -301,10 +302,11 @@ def test_logs_are_json_lines_with_event_ids_and_never_a_token(submit: FunctionSe
     assert handled[0]["duplicate"] is False
     assert handled[0]["seq"] >= 1
     assert handled[0]["status"] == 200
-    # The fields belong to that request only: the refused request after it on the server names none.
-    refused = [line for line in lines if line["msg"] == "event refused"]
-    assert refused
-    assert all("template" not in line and "jobId" not in line for line in refused)
+    # The fields belong to that request only: the refused request after it names none of them.
+    refused = [line for line in lines if line.get("eventId") == wrong_token["ce-id"]]
+    assert [line["msg"] for line in refused] == ["event refused"]
+    assert "template" not in refused[0]
+    assert "jobId" not in refused[0]
     assert SUBMIT_TOKEN not in text
 
 
