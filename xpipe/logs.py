@@ -13,15 +13,18 @@ Secrets: tokens and the journal secret never reach a log call (the functions log
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 _event_id: ContextVar[str | None] = ContextVar("xpipe_event_id", default=None)
 _job_id: ContextVar[str | None] = ContextVar("xpipe_job_id", default=None)
@@ -62,9 +65,82 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# How long an INFO line may wait to be written with others. A WARNING or ERROR line is written at once.
+BATCH_SECONDS = 0.05
+
+
+class BatchedLines(logging.Handler):
+    """Writes lines to a stream in batches, from a thread of its own.
+
+    One write per line cost every request a system call, during which gunicorn's other threads took the
+    interpreter lock: about 7% of submit's throughput at INFO. Here a line is formatted by the thread
+    that logs it and queued; the writer thread wakes when the queue fills from empty, waits
+    ``BATCH_SECONDS`` for more, and writes them all at once. A line at WARNING or above is written at
+    once, with every line before it, so the order is kept and a failing process shows why before it
+    dies. At exit the queue is written out; a process killed outright loses at most the last
+    ``BATCH_SECONDS`` of INFO lines.
+    """
+
+    def __init__(self, stream: TextIO, batch_seconds: float = BATCH_SECONDS) -> None:
+        super().__init__()
+        self._stream = stream
+        self._batch_seconds = batch_seconds
+        self._pending: list[str] = []
+        self._queued = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        # handle() holds self.lock around emit: the queue and the writes are serialised by it.
+        self._adopt_fork()
+        self._pending.append(line)
+        if record.levelno >= logging.WARNING:
+            self._write_pending()
+        elif len(self._pending) == 1:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="xpipe-log-writer", daemon=True)
+                self._thread.start()
+            self._queued.set()
+
+    def _adopt_fork(self) -> None:
+        """In a forked child (gunicorn's worker) start afresh: the parent writes the lines it queued."""
+        if self._pid != os.getpid():
+            self._pid, self._pending, self._thread = os.getpid(), [], None
+            self._queued = threading.Event()  # the parent's writer may have held its lock at the fork
+
+    def _run(self) -> None:
+        while True:
+            self._queued.wait()
+            time.sleep(self._batch_seconds)  # the batching window: lines logged meanwhile go out together
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued line now (the writer thread, a WARNING, and exit call this)."""
+        with self.lock or contextlib.nullcontext():  # Handler.lock is made in __init__; typed optional
+            self._adopt_fork()
+            self._queued.clear()
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        text, self._pending = "".join(self._pending), []
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # stderr closed or gone: logging must never fail a request
+            pass
+
+
 def configure(function: str, level: str = "INFO") -> None:
     """Send every log record of the process to stderr as JSON lines naming ``function``."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedLines(sys.stderr)
     handler.setFormatter(JsonLines(function))
     root = logging.getLogger()
     root.handlers[:] = [handler]
