@@ -146,6 +146,15 @@ class FunctionServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The whole log once ``text`` is in it: INFO lines are written in batches, up to 50 ms late."""
+        deadline = time.monotonic() + timeout
+        while text not in (whole := self.log_path.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged by {self.name} in {timeout}s:\n{whole[-4000:]}")
+            time.sleep(0.02)  # poll interval while waiting on a condition with a deadline
+        return whole
+
     def stop(self) -> None:
         self.http.close()
         stop_process(self.process, 15.0)

@@ -82,7 +82,7 @@ def test_a_trusted_relay_journals_a_heartbeat_delivered_without_a_token(
     view = client.read_job(job_id)
     assert view["state"] == "RUNNING"
     assert view["steps"][0]["attempts"][0]["pod"] == "pod-trusted"
-    assert '"caller": "cluster-delivery"' in trusting_relay.log()
+    trusting_relay.wait_for_log('"caller": "cluster-delivery"')
 
 
 @pytest.mark.parametrize(

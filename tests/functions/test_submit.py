@@ -290,10 +290,7 @@ def test_logs_are_json_lines_with_event_ids_and_never_a_token(submit: FunctionSe
     registered(submit.post(event, token=SUBMIT_TOKEN))
     wrong_token = ce_headers(token=SUBMIT_TOKEN + "x")
     raw_post(submit, b"{}", wrong_token)
-    # INFO lines are written in batches (at most 50 ms late): wait for the second request's line.
-    deadline = time.monotonic() + 10.0
-    while wrong_token["ce-id"] not in (text := submit.log_path.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.02)  # poll interval while waiting on a condition with a deadline
+    text = submit.wait_for_log(wrong_token["ce-id"])  # the later request's line: both are written
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     # One line per handled request, carrying what submit learned: the job, its template, the journal seq.
     handled = [
