@@ -34,12 +34,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httptools
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from report import announced_port  # noqa: E402
 
 from xpipe.auth import token_digest  # noqa: E402
 
@@ -56,7 +59,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_http(url: str, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> float:
+def wait_http(url: str, deadline_s: float, process: subprocess.Popen[Any] | None = None) -> float:
     """Poll ``url`` until it answers 2xx; returns the monotonic time of that answer."""
     end = time.monotonic() + deadline_s
     with httpx.Client(timeout=2.0) as client:
@@ -72,7 +75,7 @@ def wait_http(url: str, deadline_s: float, process: subprocess.Popen[bytes] | No
     raise RuntimeError(f"{url} did not answer 2xx within {deadline_s}s")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -142,20 +145,17 @@ def serve_sink() -> int:
     return 0
 
 
-def start_journal(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_journal(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "vms_adapter.server", "--data-dir", str(data_dir), "--host", "127.0.0.1",
          "--port", "0", "--log-level", "WARNING"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    assert process.stdout is not None
-    end = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < end:
-        match = re.search(r"listening on ([\d.]+:\d+)", process.stdout.readline().decode())
-        if match:
-            return process, match.group(1)
-    stop(process)
-    raise RuntimeError("journal did not start")
+    try:
+        return process, f"127.0.0.1:{announced_port(process, 'the journal', START_TIMEOUT_S)}"
+    except RuntimeError:
+        stop(process)
+        raise
 
 
 def serve(source: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_sink()
 
     compile_bytecode()
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[subprocess.Popen[Any]] = []
     with tempfile.TemporaryDirectory(prefix="xpipe-bench-") as scratch:
         work = Path(scratch)
         try:

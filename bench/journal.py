@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import platform
-import queue
 import shutil
 import signal
 import socket
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import write_section  # noqa: E402
+from report import announced_port, write_section  # noqa: E402
 
 from vms_adapter.client import JournalClient  # noqa: E402
 
@@ -181,18 +180,8 @@ def journal_service(directory: Path) -> Iterator[tuple[int, int]]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for text in proc.stdout or []:
-            lines.put(text)
-
-    threading.Thread(target=pump, daemon=True).start()
     try:
-        line = lines.get(timeout=START_DEADLINE_S)
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"journal service said {line!r}")
-        yield int(line.strip().rpartition(":")[2]), proc.pid
+        yield announced_port(proc, "journal service", START_DEADLINE_S), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -228,10 +217,7 @@ def floor_service(directory: Path) -> Iterator[tuple[int, int]]:
         text=True,
     )
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"fsync_echo said {line!r}")
-        yield int(line.strip().rpartition(":")[2]), proc.pid
+        yield announced_port(proc, "fsync_echo"), proc.pid
     finally:
         proc.kill()
         proc.wait(30)

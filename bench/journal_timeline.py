@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import load_bench, write_section  # noqa: E402
+from report import announced_port, load_bench, write_section  # noqa: E402
 
 from vms_adapter import JournalClient  # noqa: E402
 from vms_adapter.server import cli, connection, segments  # noqa: E402
@@ -128,10 +128,7 @@ def drive(commits: int, workdir: str, payload: str) -> tuple[Events, Events]:
         text=True,
     )
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"the journal service said {line!r}")
-        port = int(line.strip().rpartition(":")[2])
+        port = announced_port(proc, "the journal service")
         client_events: Events = {k: [] for k in ("call", "client send", "client received", "done")}
         with JournalClient("127.0.0.1", port, pool_size=1, read_timeout=30.0) as client:
             client.ping()  # connect and authenticate first; then wrap the pooled connection's socket

@@ -1,5 +1,5 @@
-"""What the bench scripts share: writing one benchmark's section of docs/benchmarks.md, and loading
-another bench script to reuse its peers and measures.
+"""What the bench scripts share: writing one benchmark's section of docs/benchmarks.md, loading
+another bench script to reuse its peers and measures, and reading the port a started server announces.
 
 Each benchmark owns one marked block of docs/benchmarks.md and rewrites only that block, so the
 benchmarks can run in any order and each leaves the others' results alone.
@@ -8,7 +8,10 @@ benchmarks can run in any order and each leaves the others' results alone.
 from __future__ import annotations
 
 import importlib.util
+import queue
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +43,22 @@ def load_bench(name: str) -> Any:
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def announced_port(proc: subprocess.Popen[str], what: str, timeout_s: float = 30.0) -> int:
+    """The port from the ``listening on HOST:PORT`` line a server started with ``stdout=PIPE`` prints,
+    within ``timeout_s``. A thread keeps reading its output after that, so the pipe never fills."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for text in proc.stdout or []:
+            lines.put(text)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise RuntimeError(f"{what} did not say where it listens within {timeout_s:g}s") from None
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"{what} said {line!r}")
+    return int(line.strip().rpartition(":")[2])

@@ -13,7 +13,6 @@ Secrets: tokens and the journal secret never reach a log call (the functions log
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
@@ -88,8 +87,7 @@ class BatchedLines(logging.Handler):
         self._pending: list[str] = []
         self._queued = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-        atexit.register(self.flush)
+        self._pid = os.getpid()  # at exit, logging.shutdown flushes every handler: the queue goes out
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

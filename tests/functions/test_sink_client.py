@@ -326,26 +326,27 @@ def test_a_sink_url_that_cannot_be_sent_is_refused_without_echoing_it(url: str) 
     assert "s3cret" not in str(refused.value)
 
 
-class HoldingSink(AcceptingSink):
-    """Connection 0 runs ``first(conn)``; every later connection answers each request with ``later``."""
+class SequencedSink(AcceptingSink):
+    """Connection ``n`` is served by ``behaviours[n]``; any later one answers each request with ``later``."""
 
-    def __init__(self, first: Callable[[socket.socket], None], later: bytes) -> None:
-        self._first, self._later = first, later
+    def __init__(self, behaviours: list[Callable[[socket.socket], None]], later: bytes = CREATED) -> None:
+        self._behaviours, self._later = behaviours, later
         super().__init__()
 
     def _serve(self, conn: socket.socket, index: int) -> None:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(IO_TIMEOUT_S)
-            if index == 0:
-                self._first(conn)
+            if index < len(self._behaviours):
+                self._behaviours[index](conn)
                 return
             while conn.recv(65536):
                 conn.sendall(self._later)
 
 
 @contextlib.contextmanager
-def holding(first: Callable[[socket.socket], None], later: bytes = CREATED) -> Iterator[HoldingSink]:
-    sink = HoldingSink(first, later)
+def holding(first: Callable[[socket.socket], None]) -> Iterator[SequencedSink]:
+    """A sink whose first connection runs ``first``; later ones answer 201."""
+    sink = SequencedSink([first])
     try:
         yield sink
     finally:
@@ -436,20 +437,6 @@ def test_the_retry_gets_only_what_is_left_of_the_time_out() -> None:
     finally:
         stop.set()
         sink.close()
-
-
-class SequencedSink(AcceptingSink):
-    """Connection ``n`` is served by ``behaviours[n]``."""
-
-    def __init__(self, behaviours: list[Callable[[socket.socket], None]]) -> None:
-        self._behaviours = behaviours
-        super().__init__()
-
-    def _serve(self, conn: socket.socket, index: int) -> None:
-        with conn, contextlib.suppress(OSError):
-            conn.settimeout(IO_TIMEOUT_S)
-            if index < len(self._behaviours):
-                self._behaviours[index](conn)
 
 
 def test_an_unfinished_head_after_an_interim_answer_is_cut_off_at_the_limit() -> None:

@@ -10,8 +10,9 @@ changes, or text kept past a change, could pass there unseen.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -41,37 +42,33 @@ def unchanged(model: JobStateMachine, question: Callable[[], T]) -> T:
         assert live_state(model) == before, "deciding changed the live state"
 
 
+@contextlib.contextmanager
+def checked(model: JobStateMachine, method: str) -> Iterator[None]:
+    """While inside, every call of ``model.<method>`` is checked to leave the live state unchanged."""
+    original = getattr(model, method)
+    setattr(model, method, lambda *args: unchanged(model, lambda: original(*args)))
+    try:
+        yield
+    finally:
+        delattr(model, method)
+
+
 class PurityCheckingDriver(Driver):
     """A ``Driver`` that checks every decision left the live state as it was (refusals included)."""
 
     def commit(
         self, job_id: str, items: list[tuple[str, dict[str, Any]]], now: float = T0
     ) -> tuple[list[Any], list[dict[str, Any]]]:
-        model = self.model
-        original = model.decide
-        model.decide = lambda *args: unchanged(model, lambda: original(*args))  # type: ignore[method-assign]
-        try:
+        with checked(self.model, "decide"):
             return super().commit(job_id, items, now)
-        finally:
-            del model.decide
 
     def sweep(self, now: float, redelivery_s: float = 60.0) -> tuple[list[Any], list[dict[str, Any]]]:
-        model = self.model
-        original = model.sweep
-        model.sweep = lambda *args: unchanged(model, lambda: original(*args))  # type: ignore[method-assign]
-        try:
+        with checked(self.model, "sweep"):
             return super().sweep(now, redelivery_s)
-        finally:
-            del model.sweep
 
     def ack(self, ids: list[str], now: float = T0) -> list[Any]:
-        model = self.model
-        original = model.acknowledge
-        model.acknowledge = lambda *args: unchanged(model, lambda: original(*args))  # type: ignore[method-assign]
-        try:
+        with checked(self.model, "acknowledge"):
             return super().ack(ids, now)
-        finally:
-            del model.acknowledge
 
 
 class PureDecisions(JobJournal):
