@@ -4,7 +4,7 @@ A function serves many requests on gunicorn threads at once; the CloudEvent id a
 worked on are kept in context variables, so every line written while handling a request names them
 (``eventId``, ``jobId``) without threading them through every call. Facts a handler learns on the way
 (``bind_fields``: the template, the journal seq) join the request's closing ``event handled`` line
-instead of taking a line of their own: a log line costs about 15 us of CPU, a noticeable share of a
+instead of taking a line of their own: a log line costs about 13 us of CPU, a noticeable share of a
 request. Log collectors in the cluster and ``xpipe up`` locally parse these lines.
 
 Secrets: tokens and the journal secret never reach a log call (the functions log the caller's token
@@ -30,6 +30,8 @@ _job_id: ContextVar[str | None] = ContextVar("xpipe_job_id", default=None)
 _fields: ContextVar[dict[str, Any] | None] = ContextVar("xpipe_fields", default=None)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _TOKEN_HEADER = re.compile(r"(x-token-xpipe['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE)
+# Built once: json.dumps with an argument such as default= builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonLines(logging.Formatter):
@@ -38,11 +40,20 @@ class JsonLines(logging.Formatter):
     def __init__(self, function: str) -> None:
         super().__init__()
         self.function = function
+        self._second: tuple[int, str] = (-1, "")  # one attribute: threads read it without a lock
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        # Lines come many to a second: the date and time are formatted once per second.
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": _TOKEN_HEADER.sub(r"\1***", record.getMessage()),
@@ -61,7 +72,7 @@ class JsonLines(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 # How long an INFO line may wait to be written with others. A WARNING or ERROR line is written at once.
@@ -140,6 +151,13 @@ def configure(function: str, level: str = "INFO") -> None:
     """Send every log record of the process to stderr as JSON lines naming ``function``."""
     handler = BatchedLines(sys.stderr)
     handler.setFormatter(JsonLines(function))
+    # What JsonLines never writes is not gathered either (the logging HOWTO's "Optimization"): finding
+    # the caller alone walks gunicorn's and Flask's frames on every line. With the encoder built once
+    # and the time formatted once a second, a line costs about 13 us instead of 16-24.
+    logging._srcfile = None  # the HOWTO's documented switch, though its name is private
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
