@@ -16,6 +16,7 @@ from typing import TextIO
 
 from vms_adapter.server.config import ConfigError, ServerConfig, read_secret
 from vms_adapter.server.front import JournalFront
+from vms_adapter.server.heap import FrozenHeap
 from vms_adapter.server.jobs import JobStateMachine
 from vms_adapter.server.journal import Journal
 from vms_adapter.server.model import JobModel
@@ -88,7 +89,9 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
         fatal.append(reason)
         stopping.set()
 
-    writer = GroupCommit(journal, on_fatal=on_fatal)
+    heap = FrozenHeap()
+    heap.settle()  # the recovered state, before the first client
+    writer = GroupCommit(journal, on_fatal=on_fatal, upkeep=heap.after)
     operations = Operations(journal, writer, allow_clock_override=config.allow_clock_override)
     try:
         front = JournalFront(
@@ -106,7 +109,7 @@ def run(config: ServerConfig, *, out: TextIO = sys.stdout, err: TextIO = sys.std
         print(f"xpipe-journal: cannot listen on {config.host}:{config.port}: {exc}", file=err)
         journal.close()
         return EXIT_CONFIG
-    operations.service_stats = front.stats
+    operations.service_stats = lambda: {**front.stats(), **heap.stats()}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 -- signal handler signature
         stopping.set()

@@ -152,9 +152,16 @@ class GroupCommit:
     sent as successes.
     """
 
-    def __init__(self, journal: Journal, *, on_fatal: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        on_fatal: Callable[[str], None] | None = None,
+        upkeep: Callable[[int], None] | None = None,
+    ) -> None:
         self.journal = journal
         self._on_fatal = on_fatal
+        self._upkeep = upkeep  # told the transaction count between groups (heap.FrozenHeap.after)
         self._buffer = bytearray()
         self._staged = 0
         self._unfinished = False  # a group was written and its between-groups work is still to do
@@ -206,8 +213,8 @@ class GroupCommit:
         return True
 
     def between_groups(self) -> None:
-        """Cut a full segment, take a due snapshot. A failure stops the service, but the group before it
-        is durable and stays acknowledged."""
+        """Cut a full segment, take a due snapshot, then the upkeep. A failure stops the service, but the
+        group before it is durable and stays acknowledged."""
         if not self._unfinished or self.journal.failed is not None:
             return
         self._unfinished = False
@@ -218,6 +225,8 @@ class GroupCommit:
         except Exception as exc:  # e.g. a model that cannot dump its state for a snapshot
             log.exception("between-groups work failed")
             self.fail_stop(f"unexpected error between groups: {exc!r}")
+        if self._upkeep is not None:
+            self._upkeep(self.transactions)
 
     def commit_now(self, request: WriteRequest) -> dict[str, Any]:
         """Stage ``request`` alone and flush it: for tools and tests that run without the loop."""
