@@ -225,8 +225,11 @@ class GroupCommit:
         except Exception as exc:  # e.g. a model that cannot dump its state for a snapshot
             log.exception("between-groups work failed")
             self.fail_stop(f"unexpected error between groups: {exc!r}")
-        if self._upkeep is not None:
-            self._upkeep(self.transactions)
+        if self._upkeep is not None and self.journal.failed is None:
+            try:
+                self._upkeep(self.transactions)
+            except Exception:  # housekeeping: the group is durable and the journal sound, so no stop
+                log.exception("the upkeep between groups failed")
 
     def commit_now(self, request: WriteRequest) -> dict[str, Any]:
         """Stage ``request`` alone and flush it: for tools and tests that run without the loop."""
