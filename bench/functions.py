@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         f"a submit function costing no more CPU than the no-op would reach about {bound:.2f}x here, "
         "because the journal's durable commit and the broker's (sink's) receipt of the dispatch cost CPU "
         "on the same machine. The median itself moves between runs of much the same code: on 2026-11-25, "
-        "thirteen runs before the journal kept its collector off the job state gave medians of 0.58x to "
+        "fifteen runs before the journal kept its collector off the job state gave medians of 0.58x to "
         "0.68x (single rounds 0.48x to 0.74x), and the seven after it 0.61x to 0.68x.",
         "",
         f"Cold start, process start to first 2xx, median of {args.cold_starts} rounds (each round starts "
