@@ -132,3 +132,18 @@ def test_a_heartbeat_keeps_the_history_text_and_an_annotation_keeps_the_job_text
     assert d.model._job_json[job] is kept_job
     assert job not in d.model._history_json
     assert json.loads(d.model.snapshot_json())["history"][job][-1]["type"] == "x-note"
+
+
+@pytest.mark.parametrize("jobs", [0, 1, 3])
+def test_the_snapshot_text_is_the_compact_encoding_of_the_state(jobs: int) -> None:
+    """Byte for byte what one encoding of the whole state gives, with no job, one job and several."""
+    d = Driver()
+    for n in range(jobs):
+        job, _ = d.register(plan(step("build"), step("test")))
+        d.commit(job, [("x-note", {"n": n})], T0 + n)
+    model = d.model
+    state = {"format": json.loads(model.snapshot_json())["format"], "jobs": model._jobs}
+    state |= {"history": model._history, "pods": model._pods}
+    compact = json.dumps(state, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert model.snapshot_json() == compact
+    assert model.snapshot_json() == compact  # again, from the kept text
