@@ -20,6 +20,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 from support.event_sink import EventSink
 from support.processes import stop_process
+from support.waiting import wait_until
 
 from vms_adapter.client import JournalClient
 from xpipe.auth import token_digest
@@ -148,12 +149,12 @@ class FunctionServer:
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
         """The whole log once ``text`` is in it: INFO lines are written in batches, up to 50 ms late."""
-        deadline = time.monotonic() + timeout
-        while text not in (whole := self.log_path.read_text(errors="replace")):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not logged by {self.name} in {timeout}s:\n{whole[-4000:]}")
-            time.sleep(0.02)  # poll interval while waiting on a condition with a deadline
-        return whole
+        wait_until(
+            lambda: text in self.log_path.read_text(errors="replace"),
+            timeout,
+            f"{text!r} in {self.name}'s log",
+        )
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         self.http.close()
